@@ -1,0 +1,237 @@
+"""The quantization policy: which scheme and how many bits, per layer, as plain data.
+
+A :class:`QuantPolicy` has a default :class:`LayerConfig`, the bits of the first and last
+layers, and overrides keyed by an exact module name or a ``re:`` pattern (``re.fullmatch`` on
+the qualified name). Every override and exclusion must match a quantizable layer. Policies
+round-trip through YAML, so a searched policy can be saved, read, edited and applied again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lightning_autoq.quant import Quantizer
+from lightning_autoq.quant.functional import BACKWARD_MODES
+
+Granularity = Literal["tensor", "channel"]
+GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
+PATTERN_PREFIX = "re:"
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """How one layer is quantized.
+
+    Args:
+        scheme: scheme of the weights (and of the input activations unless ``act_scheme``).
+        weight_bits: weight bit-width.
+        act_bits: input-activation bit-width; None leaves the input in float.
+        act_scheme: scheme of the input activations; None = ``scheme``.
+        granularity: ``"tensor"`` or ``"channel"`` (per output channel) for the weights.
+        act_signed: signed input codes; None decides from the first batch.
+        bias_bits: bias bit-width; None leaves the bias in float.
+        bias_scheme: scheme of the bias.
+        backward: input gradient, ``"ste"`` or ``"clipped"``; None = the scheme's default.
+        grad_ratio: factor on the input gradient (piecewise-linear backward).
+    """
+
+    scheme: str = "lsq"
+    weight_bits: int = 4
+    act_bits: int | None = 4
+    act_scheme: str | None = None
+    granularity: Granularity = "tensor"
+    act_signed: bool | None = None
+    bias_bits: int | None = 8
+    bias_scheme: str = "fixed_point"
+    backward: Literal["ste", "clipped"] | None = None
+    grad_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity={self.granularity!r} is not allowed; "
+                f"allowed: {', '.join(GRANULARITIES)}"
+            )
+        if self.backward is not None and self.backward not in BACKWARD_MODES:
+            raise ValueError(
+                f"backward={self.backward!r} is not allowed; allowed: {', '.join(BACKWARD_MODES)}"
+            )
+        # Building throwaway quantizers validates scheme names, bit ranges and range modes
+        # with the quantizer's own messages.
+        Quantizer(self.scheme, self.weight_bits, kind="weight", grad_ratio=self.grad_ratio)
+        if self.act_bits is not None:
+            Quantizer(self.act_scheme or self.scheme, self.act_bits, kind="activation")
+        if self.bias_bits is not None:
+            Quantizer(self.bias_scheme, self.bias_bits, kind="weight")
+
+    def replace(self, **changes: Any) -> LayerConfig:
+        """A copy with ``changes`` applied (validated); unknown fields raise."""
+        unknown = sorted(set(changes) - LAYER_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown layer config field(s) {unknown}; "
+                f"allowed: {', '.join(sorted(LAYER_FIELDS))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+LAYER_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(LayerConfig))
+
+
+@dataclass
+class QuantPolicy:
+    """Per-layer quantization choices for a model.
+
+    Args:
+        default: the configuration of every quantizable layer not otherwise named.
+        first_last_bits: weight and activation bits of the first and last quantizable layers
+            (module registration order); None treats them like the others.
+        overrides: ``{name or "re:pattern": {field: value}}``; patterns apply in order, exact
+            names last, so the most specific entry wins.
+        exclude: names or ``re:`` patterns of layers left in float.
+
+    Example:
+        >>> overrides = {"re:.*fc": {"weight_bits": 8}}
+        >>> policy = QuantPolicy(LayerConfig("clip", 2, 2), overrides=overrides)
+        >>> QuantPolicy.from_yaml(policy.to_yaml()) == policy
+        True
+    """
+
+    default: LayerConfig = field(default_factory=LayerConfig)
+    first_last_bits: int | None = 8
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.default, Mapping):
+            self.default = LayerConfig(**self.default)
+        for key, changes in self.overrides.items():
+            if not isinstance(changes, Mapping):
+                raise ValueError(
+                    f"override {key!r} must map field names to values, got {changes!r}"
+                )
+            self.default.replace(**changes)  # field names and values valid on their own
+            _compile(key)
+        for key in self.exclude:
+            _compile(key)
+
+    def resolve(self, names: Sequence[str]) -> dict[str, LayerConfig | None]:
+        """The configuration of each layer in ``names`` (None: excluded, stays float).
+
+        Raises:
+            ValueError: an override or exclusion matches none of ``names``, or a resulting
+                configuration is invalid (the message names the layer).
+        """
+        names = list(names)
+        if not names:
+            raise ValueError("the model has no quantizable layer to apply the policy to")
+        configs: dict[str, LayerConfig | None] = {}
+        edges = {names[0], names[-1]}
+        patterns = [k for k in self.overrides if k.startswith(PATTERN_PREFIX)]
+        exact = [k for k in self.overrides if not k.startswith(PATTERN_PREFIX)]
+        _check_matches([*patterns, *exact, *self.exclude], names)
+        excluded = {n for key in self.exclude for n in _matching(key, names)}
+        for name in names:
+            if name in excluded:
+                configs[name] = None
+                continue
+            changes: dict[str, Any] = {}
+            if self.first_last_bits is not None and name in edges:
+                changes["weight_bits"] = self.first_last_bits
+                if self.default.act_bits is not None:
+                    changes["act_bits"] = self.first_last_bits
+            for key in [*patterns, *exact]:
+                if name in _matching(key, names):
+                    changes.update(self.overrides[key])
+            try:
+                configs[name] = self.default.replace(**changes)
+            except ValueError as err:
+                raise ValueError(f"layer {name!r}: {err}") from None
+        return configs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what YAML stores)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QuantPolicy:
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(
+                f"unknown policy field(s) {unknown}; allowed: default, first_last_bits, "
+                "overrides, exclude"
+            )
+        data = dict(data)
+        if "default" in data:
+            data["default"] = LayerConfig(**data["default"])
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> QuantPolicy:
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    def save(self, path: str | Path) -> None:
+        """Write the policy as YAML atomically (a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantPolicy:
+        return cls.from_yaml(Path(path).read_text())
+
+    @classmethod
+    def explicit(cls, configs: Mapping[str, LayerConfig | None]) -> QuantPolicy:
+        """A policy that names every layer: what a search writes out."""
+        named = {n: c for n, c in configs.items() if c is not None}
+        if not named:
+            raise ValueError("an explicit policy needs at least one quantized layer")
+        default = next(iter(named.values()))
+        overrides = {}
+        for name, cfg in named.items():
+            diff = {
+                f: getattr(cfg, f)
+                for f in sorted(LAYER_FIELDS)
+                if getattr(cfg, f) != getattr(default, f)
+            }
+            if diff:
+                overrides[name] = diff
+        excluded = [n for n, c in configs.items() if c is None]
+        return cls(default=default, first_last_bits=None, overrides=overrides, exclude=excluded)
+
+
+def _compile(key: str) -> re.Pattern[str] | None:
+    if not key.startswith(PATTERN_PREFIX):
+        return None
+    try:
+        return re.compile(key[len(PATTERN_PREFIX) :])
+    except re.error as err:
+        raise ValueError(f"invalid pattern {key!r}: {err}") from None
+
+
+def _matching(key: str, names: Sequence[str]) -> list[str]:
+    pattern = _compile(key)
+    if pattern is None:
+        return [key] if key in names else []
+    return [n for n in names if pattern.fullmatch(n)]
+
+
+def _check_matches(keys: Sequence[str], names: Sequence[str]) -> None:
+    for key in keys:
+        if not _matching(key, names):
+            shown = ", ".join(names[:12]) + (
+                f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            )
+            raise ValueError(f"policy key {key!r} matches no quantizable layer; layers: {shown}")

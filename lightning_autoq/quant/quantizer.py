@@ -1,0 +1,226 @@
+"""The quantizer module: a scheme plus the state it needs on one tensor of one layer."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_autoq.quant.functional import BACKWARD_MODES, Backward, attach_gradient, grad_scale
+from lightning_autoq.quant.schemes import Params, make_scheme
+
+Kind = Literal["weight", "activation"]
+RangeMode = Literal["dynamic", "running", "learned"]
+KINDS: tuple[str, ...] = ("weight", "activation")
+RANGE_MODES: dict[str, tuple[str, ...]] = {
+    "weight": ("dynamic", "learned"),
+    "activation": ("running", "learned"),
+}
+_AUTO, _UNSIGNED, _SIGNED = -1, 0, 1
+
+
+class Quantizer(nn.Module):
+    """Fake-quantizes one tensor with a registered scheme.
+
+    Where the scheme's parameters come from (``range_mode``):
+
+    * ``"dynamic"`` (weights' default): recomputed from the tensor at every call.
+    * ``"running"`` (activations' default): an exponential moving average of the batch
+      statistics (``ema_decay`` 0.9), updated in training and used in train and eval; the
+      first batch initialises it, in eval too (calibration).
+    * ``"learned"``: the scheme's learnable parameters (a step, a range) are
+      ``nn.Parameter``\\ s initialised from the first batch, their gradient scaled by
+      ``1 / sqrt(N Q_P)`` as in LSQ; the others stay dynamic or running.
+
+    The input gets the scheme's surrogate gradient (``backward``, ``grad_ratio``), see
+    :func:`~lightning_autoq.quant.functional.attach_gradient`. Computation is float32 and the
+    result is cast back to the input's dtype.
+
+    Args:
+        scheme: a name from :func:`lightning_autoq.available_schemes`.
+        bits: bit-width, within the scheme's range.
+        kind: ``"weight"`` or ``"activation"``.
+        signed: two's-complement codes (True), unsigned codes (False) or, for activations,
+            ``None``: decided once from the first batch (unsigned when it has no negative value).
+        channels: number of channels for per-channel parameters (weights only); None = per tensor.
+        channel_axis: the channel dimension of the weight (0; 1 for transposed convolutions).
+        range_mode: see above; None picks the default for ``kind`` and the scheme.
+        backward: ``"ste"`` or ``"clipped"``; None takes the scheme's default.
+        grad_ratio: factor on the input gradient (AutoQNN's piecewise-linear ratio ``g``).
+        ema_decay: decay of the running statistics.
+        **scheme_options: extra scheme arguments (e.g. ``candidates`` of ``int_se``).
+
+    Example:
+        >>> q = Quantizer("clip", 4, kind="weight", channels=8)
+        >>> q(torch.randn(8, 3, 3, 3)).shape
+        torch.Size([8, 3, 3, 3])
+    """
+
+    def __init__(
+        self,
+        scheme: str,
+        bits: int,
+        *,
+        kind: Kind = "weight",
+        signed: bool | None = True,
+        channels: int | None = None,
+        channel_axis: int = 0,
+        range_mode: RangeMode | None = None,
+        backward: Backward | None = None,
+        grad_ratio: float = 1.0,
+        ema_decay: float = 0.9,
+        **scheme_options: object,
+    ) -> None:
+        super().__init__()
+        self.scheme = make_scheme(scheme, bits, **scheme_options)
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}")
+        self.kind = kind
+        if range_mode is None:
+            default = "dynamic" if kind == "weight" else "running"
+            range_mode = "learned" if self.scheme.needs_learned else default
+        if range_mode not in RANGE_MODES[kind]:
+            raise ValueError(
+                f"range_mode={range_mode!r} is not allowed for {kind}s; "
+                f"allowed: {', '.join(RANGE_MODES[kind])}"
+            )
+        if self.scheme.needs_learned and range_mode != "learned":
+            raise ValueError(f"scheme {scheme!r} learns its range: range_mode must be 'learned'")
+        if range_mode == "learned" and not self.scheme.learnable:
+            raise ValueError(
+                f"scheme {scheme!r} has no learnable parameter; "
+                f"allowed range_mode: {RANGE_MODES[kind][0]!r}"
+            )
+        self.range_mode = range_mode
+        if backward is None:
+            backward = self.scheme.default_backward
+        if backward not in BACKWARD_MODES:
+            raise ValueError(
+                f"backward={backward!r} is not allowed; allowed: {', '.join(BACKWARD_MODES)}"
+            )
+        self.backward = backward
+        if not grad_ratio > 0:
+            raise ValueError(f"grad_ratio={grad_ratio} is not allowed; allowed: > 0")
+        self.grad_ratio = float(grad_ratio)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} is not allowed; allowed: [0, 1)")
+        self.ema_decay = float(ema_decay)
+        if signed is None and kind == "weight":
+            raise ValueError("signed=None (decide from data) is for activations; weights: True")
+        if channels is not None and kind != "weight":
+            raise ValueError("per-channel parameters are for weights; activations are per tensor")
+        if channels is not None and channels < 1:
+            raise ValueError(f"channels={channels} is not allowed; allowed: >= 1 or None")
+        self.channels = channels
+        self.channel_axis = channel_axis
+
+        state = {None: _AUTO, False: _UNSIGNED, True: _SIGNED}[signed]
+        self.register_buffer("signed_state", torch.tensor(state, dtype=torch.int8))
+        self.register_buffer("initialized", torch.tensor(False))
+        shape = () if channels is None else (channels,)
+        self._learned: tuple[str, ...] = ()
+        self._running: tuple[str, ...] = ()
+        for name in self.scheme.param_names():
+            if range_mode == "learned" and name in self.scheme.learnable:
+                self.register_parameter(name, nn.Parameter(torch.ones(shape)))
+                self._learned += (name,)
+            elif kind == "activation":
+                self.register_buffer(name, torch.zeros(shape))
+                self._running += (name,)
+
+    @property
+    def bits(self) -> int:
+        return self.scheme.bits
+
+    @property
+    def stateful(self) -> bool:
+        """Whether parameters are stored (running or learned) rather than recomputed."""
+        return bool(self._learned or self._running)
+
+    def signed(self, x: Tensor | None = None) -> bool:
+        """The code signedness; for ``signed=None`` it is fixed by the first ``x`` seen."""
+        state = int(self.signed_state)
+        if state == _AUTO:
+            if x is None:
+                raise RuntimeError("signedness is decided by the first batch; none seen yet")
+            state = _SIGNED if bool((x < 0).any()) else _UNSIGNED
+            self.signed_state.fill_(state)
+        return state == _SIGNED
+
+    def _reduce_dims(self, x: Tensor) -> tuple[int, ...]:
+        if self.channels is None:
+            return tuple(range(x.dim()))
+        axis = self.channel_axis % x.dim()
+        if x.shape[axis] != self.channels:
+            raise ValueError(
+                f"expected {self.channels} channels on axis {axis}, got shape {tuple(x.shape)}"
+            )
+        return tuple(d for d in range(x.dim()) if d != axis)
+
+    def _view(self, p: Tensor, x: Tensor) -> Tensor:
+        if self.channels is None:
+            return p
+        shape = [1] * x.dim()
+        shape[self.channel_axis % x.dim()] = self.channels
+        return p.view(shape)
+
+    def _grad_scale(self, x: Tensor) -> float:
+        per_value = x.numel() // max(self.channels or 1, 1)
+        if self.kind == "activation" and x.dim() > 1:
+            per_value = x[0].numel()
+        return 1.0 / math.sqrt(max(per_value, 1) * self.scheme.max_code(self.signed()))
+
+    def parameters_for(self, x: Tensor) -> Params:
+        """The scheme parameters used to quantize ``x`` (updating running ones in training)."""
+        x = x.detach().float()
+        signed = self.signed(x)
+        dims = self._reduce_dims(x)
+        estimate: Params | None = None
+        first = self.stateful and not bool(self.initialized)
+        params: Params = {}
+        for name in self.scheme.param_names():
+            if name in self._learned or name in self._running:
+                if first or (name in self._running and self.training):
+                    if estimate is None:
+                        estimate = self.scheme.estimate(x, signed, dims)
+                    self._update(name, estimate[name], first)
+                stored = getattr(self, name)
+                if name in self._learned:
+                    stored = grad_scale(stored, self._grad_scale(x))
+                params[name] = self._view(stored, x)
+            else:
+                if estimate is None:
+                    estimate = self.scheme.estimate(x, signed, dims)
+                params[name] = estimate[name]
+        if first:
+            self.initialized.fill_(True)
+        return params
+
+    @torch.no_grad()
+    def _update(self, name: str, value: Tensor, first: bool) -> None:
+        stored = getattr(self, name)
+        value = value.reshape(stored.shape).to(stored.dtype)
+        if first:
+            stored.copy_(value)
+        else:
+            stored.lerp_(value, 1.0 - self.ema_decay)
+
+    def forward(self, x: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        params = self.parameters_for(x)
+        signed = self.signed()
+        q = self.scheme.quantize(x.detach().float(), params, signed)
+        lo = hi = None
+        if self.backward == "clipped":
+            lo, hi = self.scheme.bounds(params, signed)
+            lo, hi = lo.detach(), hi.detach()
+        return attach_gradient(x.float(), q, self.backward, self.grad_ratio, lo, hi).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.scheme.name}", f"bits={self.bits}", f"kind={self.kind}"]
+        parts.append("per_tensor" if self.channels is None else f"channels={self.channels}")
+        parts.append(f"range={self.range_mode}")
+        return ", ".join(parts)

@@ -1,0 +1,84 @@
+"""Uniform schemes whose step is a multiple of the standard deviation: uL2Q (Q) and clip (C).
+
+The step factors are the MSE-optimal uniform steps for a Gaussian (AutoQNN, Gong et al. 2024,
+https://arxiv.org/abs/2304.03782; uL2Q, Gong et al. 2019). Both use mid-rise levels
+``a (k + 1/2)``, so zero is not a level of the signed grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+from lightning_autoq.quant.functional import TINY, code_range, round_clip_ste, std
+from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
+
+#: uL2Q's step factors L_1..L_8 (index 0 is 1 bit).
+UL2Q_FACTORS = (1.5950, 0.9953, 0.5872, 0.3359, 0.1894, 0.1057, 0.0571, 0.0305)
+#: Symmetric clip's step factors L'_1..L'_8.
+CLIP_FACTORS = (1.0, 0.9957, 0.5860, 0.3352, 0.1881, 0.1041, 0.0569, 0.0308)
+
+
+@register_scheme
+@dataclass
+class UL2Q(Scheme):
+    """Q: ``beta = mean(x); a = L_b sigma; q = a (rc((x - beta)/a - 1/2) + 1/2) + beta``.
+
+    The grid is centred on the mean, so it adapts to one-sided data by itself: ``signed`` has
+    no effect.
+    """
+
+    name: ClassVar[str] = "ul2q"
+    letter: ClassVar[str] = "Q"
+    learnable: ClassVar[tuple[str, ...]] = ("scale", "offset")
+
+    def param_names(self) -> tuple[str, ...]:
+        return ("scale", "offset")
+
+    def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
+        a = UL2Q_FACTORS[self.bits - 1] * std(x, dims)
+        return {"scale": a.clamp_min(TINY), "offset": x.mean(dim=tuple(dims), keepdim=True)}
+
+    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
+        a, beta = params["scale"], params["offset"]
+        lo, hi = code_range(self.bits, signed=True)
+        return a * (round_clip_ste((x - beta) / a - 0.5, lo, hi) + 0.5) + beta
+
+    def levels(self, params: Params, signed: bool) -> Tensor:
+        a, beta = params["scale"], params["offset"]
+        lo, hi = code_range(self.bits, signed=True)
+        return uniform_levels(a, beta + a / 2, lo, hi)
+
+
+@register_scheme
+@dataclass
+class Clip(Scheme):
+    """C: ``a = L'_b sigma; q = a (rc(x/a - 1/2, -2^(b-1), 2^(b-1) - 1) + 1/2)``.
+
+    Unsigned inputs use the zero-including grid ``a rc(x/a, 0, 2^b - 1)``.
+    """
+
+    name: ClassVar[str] = "clip"
+    letter: ClassVar[str] = "C"
+    learnable: ClassVar[tuple[str, ...]] = ("scale",)
+
+    def param_names(self) -> tuple[str, ...]:
+        return ("scale",)
+
+    def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
+        return {"scale": (CLIP_FACTORS[self.bits - 1] * std(x, dims)).clamp_min(TINY)}
+
+    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
+        a = params["scale"]
+        lo, hi = code_range(self.bits, signed)
+        if signed:
+            return a * (round_clip_ste(x / a - 0.5, lo, hi) + 0.5)
+        return a * round_clip_ste(x / a, lo, hi)
+
+    def levels(self, params: Params, signed: bool) -> Tensor:
+        a = params["scale"]
+        lo, hi = code_range(self.bits, signed)
+        return uniform_levels(a, a / 2 if signed else 0.0, lo, hi)
