@@ -1,0 +1,119 @@
+"""Image classification data in ``root/<class>/<image>`` folders (ImageNet and the like)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+from torchvision.datasets.folder import find_classes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int) -> transforms.Compose:
+    """RandomResizedCrop to ``image_size``, horizontal flip, ImageNet normalization."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(image_size: int) -> transforms.Compose:
+    """Resize the short side to ``image_size / 0.875``, center crop, ImageNet normalization."""
+    return transforms.Compose(
+        [
+            transforms.Resize(round(image_size / 0.875)),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train, validation and optional test sets read by torchvision's ``ImageFolder``.
+
+    Args:
+        train_dir: training images, one subfolder per class.
+        val_dir: validation images, same class subfolders.
+        test_dir: test images; None tests on the validation set.
+        image_size: side of the square crops fed to the network.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes (decoding JPEGs is the bottleneck).
+    """
+
+    in_channels = 3
+
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str,
+        test_dir: str | None = None,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 4,
+    ) -> None:
+        super().__init__()
+        if image_size < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"image_size={image_size} and batch_size={batch_size} must be positive, "
+                f"num_workers={num_workers} non-negative"
+            )
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+        self.test_dir = test_dir
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: datasets.ImageFolder | None = None
+        self.val_set: datasets.ImageFolder | None = None
+        self.test_set: datasets.ImageFolder | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of class subfolders of ``train_dir``."""
+        return len(find_classes(self.train_dir)[0])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        evaluate = eval_transform(self.image_size)
+        self.train_set = datasets.ImageFolder(self.train_dir, train_transform(self.image_size))
+        self.val_set = datasets.ImageFolder(self.val_dir, evaluate)
+        if self.val_set.classes != self.train_set.classes:
+            raise ValueError(
+                f"val_dir={self.val_dir!r} classes differ from train_dir={self.train_dir!r}"
+            )
+        self.test_set = (
+            datasets.ImageFolder(self.test_dir, evaluate) if self.test_dir else self.val_set
+        )
+
+    def _loader(self, dataset: datasets.ImageFolder | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call ImageFolderDataModule.setup() before asking for data loaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
