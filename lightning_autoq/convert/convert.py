@@ -89,19 +89,25 @@ def convert(
 
 def _warn_unconverted(model: nn.Module) -> None:
     """Name the weight-bearing modules that stay float, so nothing is skipped silently."""
+    attention = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    inside_attention = tuple(f"{n}." for n in attention)
     skipped = [
         f"{name} ({type(m).__name__})"
         for name, m in model.named_modules()
-        if isinstance(m, nn.MultiheadAttention)
-        or (
-            isinstance(m, tuple(QUANT_LAYERS))
-            and type(m) not in QUANT_LAYERS
-            and not isinstance(m, QuantLayer)
-        )
+        if isinstance(m, tuple(QUANT_LAYERS))
+        and type(m) not in QUANT_LAYERS
+        and not isinstance(m, QuantLayer)
+        and not name.startswith(inside_attention)
     ]
+    if attention:
+        skipped.insert(
+            0,
+            f"{len(attention)} nn.MultiheadAttention ({', '.join(attention[:3])}"
+            + (", ...)" if len(attention) > 3 else ")"),
+        )
     if skipped:
-        shown = ", ".join(skipped[:6]) + (
-            f", ... ({len(skipped)} in all)" if len(skipped) > 6 else ""
+        shown = "; ".join(skipped[:6]) + (
+            f"; ... ({len(skipped)} in all)" if len(skipped) > 6 else ""
         )
         warnings.warn(f"left in float (not a supported exact layer type): {shown}", stacklevel=3)
 
@@ -113,6 +119,12 @@ def restore_float(model: nn.Module) -> nn.Module:
     return model
 
 
-def layer_configs(model: nn.Module) -> dict[str, LayerConfig]:
-    """The configuration each quantized layer was built with."""
-    return {name: layer.config for name, layer in quantized_layers(model)}
+def layer_configs(model: nn.Module) -> dict[str, LayerConfig | None]:
+    """The configuration of every quantizable layer: None for the ones left in float.
+
+    ``QuantPolicy.explicit(layer_configs(model))`` is a policy that rebuilds ``model``.
+    """
+    return {
+        name: module.config if isinstance(module, QuantLayer) else None
+        for name, module in quantizable_layers(model)
+    }

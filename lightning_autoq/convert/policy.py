@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
-from lightning_autoq.quant import Quantizer
+from lightning_autoq.quant import Quantizer, scheme_class
 from lightning_autoq.quant.functional import BACKWARD_MODES
 
 Granularity = Literal["tensor", "channel"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
 PATTERN_PREFIX = "re:"
+MAX_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,16 @@ class LayerConfig:
             )
         # Building throwaway quantizers validates scheme names, bit ranges and range modes
         # with the quantizer's own messages.
-        Quantizer(self.scheme, self.weight_bits, kind="weight", grad_ratio=self.grad_ratio)
+        checks = [("weight", self.scheme, self.weight_bits, "weight")]
         if self.act_bits is not None:
-            Quantizer(self.act_scheme or self.scheme, self.act_bits, kind="activation")
+            checks.append(("act", self.act_scheme or self.scheme, self.act_bits, "activation"))
         if self.bias_bits is not None:
-            Quantizer(self.bias_scheme, self.bias_bits, kind="weight")
+            checks.append(("bias", self.bias_scheme, self.bias_bits, "weight"))
+        for role, scheme, bits, kind in checks:
+            try:
+                Quantizer(scheme, bits, kind=kind, grad_ratio=self.grad_ratio)  # type: ignore[arg-type]
+            except ValueError as err:
+                raise ValueError(f"{role} quantizer: {err}") from None
 
     def replace(self, **changes: Any) -> LayerConfig:
         """A copy with ``changes`` applied (validated); unknown fields raise."""
@@ -117,7 +123,10 @@ class QuantPolicy:
                 raise ValueError(
                     f"override {key!r} must map field names to values, got {changes!r}"
                 )
-            self.default.replace(**changes)  # field names and values valid on their own
+            try:
+                _check_override(changes)
+            except ValueError as err:
+                raise ValueError(f"override {key!r}: {err}") from None
             _compile(key)
         for key in self.exclude:
             _compile(key)
@@ -153,7 +162,13 @@ class QuantPolicy:
             try:
                 configs[name] = self.default.replace(**changes)
             except ValueError as err:
-                raise ValueError(f"layer {name!r}: {err}") from None
+                hint = ""
+                if self.first_last_bits is not None and name in edges:
+                    hint = (
+                        f" (first_last_bits={self.first_last_bits} applies to the first and last"
+                        " layers: set first_last_bits=None or override this layer's bits)"
+                    )
+                raise ValueError(f"layer {name!r}: {err}{hint}") from None
         return configs
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +225,26 @@ class QuantPolicy:
                 overrides[name] = diff
         excluded = [n for n, c in configs.items() if c is None]
         return cls(default=default, first_last_bits=None, overrides=overrides, exclude=excluded)
+
+
+def _check_override(changes: Mapping[str, Any]) -> None:
+    """What an override can be checked for alone: field names, scheme names, bit range.
+
+    Whether a scheme allows the bits is checked per layer in :meth:`QuantPolicy.resolve`,
+    once every override that applies to the layer is combined.
+    """
+    unknown = sorted(set(changes) - LAYER_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown layer config field(s) {unknown}; allowed: {', '.join(sorted(LAYER_FIELDS))}"
+        )
+    for name in ("scheme", "act_scheme", "bias_scheme"):
+        if changes.get(name) is not None:
+            scheme_class(changes[name])
+    for name in ("weight_bits", "act_bits", "bias_bits"):
+        bits = changes.get(name)
+        if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):
+            raise ValueError(f"{name}={bits!r} is not allowed; allowed: 1..{MAX_BITS}")
 
 
 def _compile(key: str) -> re.Pattern[str] | None:

@@ -31,14 +31,21 @@ def floor_ste(x: Tensor) -> Tensor:
 
 
 def round_clip_ste(x: Tensor, lo: float | Tensor, hi: float | Tensor) -> Tensor:
-    """``clip(round(x), lo, hi)``: STE through the rounding, zero gradient where clipped."""
-    return torch.clamp(round_ste(x), lo, hi)
+    """``clip(round(x), lo, hi)``: STE through the rounding, zero gradient where clipped.
+
+    Computed as ``round(clip(x))`` (equal for integer bounds): clipping first keeps an
+    overflowed ``x / step`` (``inf``) finite, and the gradient is zero exactly outside
+    ``[lo, hi]``, as in LSQ's step gradient.
+    """
+    return round_ste(torch.clamp(x, lo, hi))
 
 
 def grad_scale(x: Tensor, scale: float) -> Tensor:
     """Identity in the forward pass; multiplies the gradient by ``scale`` (LSQ, Esser et al. 2020,
     https://arxiv.org/abs/1902.08153)."""
-    return (x - x * scale).detach() + x * scale
+    scaled = x * scale
+    # x + 0 exactly: the forward value is bit-identical to x (unlike (x - xs) + xs).
+    return x.detach() + (scaled - scaled.detach())
 
 
 def attach_gradient(
@@ -91,6 +98,16 @@ def std(x: Tensor, dims: Sequence[int]) -> Tensor:
     """Population standard deviation over ``dims``, overflow-safe like :func:`abs_mean`."""
     m = abs_max(x, dims).clamp_min(TINY)
     return (x / m).std(dim=tuple(dims), keepdim=True, correction=0) * m
+
+
+def step_floor(x: Tensor, dims: Sequence[int]) -> Tensor:
+    """Smallest step a statistics-based scheme uses: ``max|x| * 2^-20`` (at least ``TINY``).
+
+    A zero standard deviation (constant tensor, one value per channel) would otherwise give a
+    ``TINY`` step whose square underflows: ``x / step`` overflows and a learned step gets a NaN
+    gradient. ``2^-20`` of the magnitude is finer than any grid of 8 bits or fewer needs.
+    """
+    return (abs_max(x, dims) * 2.0**-20).clamp_min(TINY)
 
 
 def pow2(e: Tensor) -> Tensor:

@@ -87,11 +87,14 @@ class Quantizer(nn.Module):
                 f"allowed: {', '.join(RANGE_MODES[kind])}"
             )
         if self.scheme.needs_learned and range_mode != "learned":
-            raise ValueError(f"scheme {scheme!r} learns its range: range_mode must be 'learned'")
+            raise ValueError(
+                f"range_mode={range_mode!r} is not allowed for scheme {scheme!r}, which learns "
+                "its range; allowed: 'learned'"
+            )
         if range_mode == "learned" and not self.scheme.learnable:
             raise ValueError(
-                f"scheme {scheme!r} has no learnable parameter; "
-                f"allowed range_mode: {RANGE_MODES[kind][0]!r}"
+                f"range_mode='learned' is not allowed for scheme {scheme!r}, which has no "
+                f"learnable parameter; allowed: {RANGE_MODES[kind][0]!r}"
             )
         self.range_mode = range_mode
         if backward is None:
@@ -110,7 +113,10 @@ class Quantizer(nn.Module):
         if signed is None and kind == "weight":
             raise ValueError("signed=None (decide from data) is for activations; weights: True")
         if channels is not None and kind != "weight":
-            raise ValueError("per-channel parameters are for weights; activations are per tensor")
+            raise ValueError(
+                f"channels={channels} is not allowed for activations (per tensor only); "
+                "allowed: None"
+            )
         if channels is not None and channels < 1:
             raise ValueError(f"channels={channels} is not allowed; allowed: >= 1 or None")
         self.channels = channels

@@ -107,6 +107,8 @@ class ResidualBinary(Scheme):
     """R: ``r = 0``; ``bits`` times: ``a_i = mean|x - r|``, ``r += a_i sign(x - r)``.
 
     Greedy residual binarization (ABC-Net / LQ-style multi-bit binary); ``bits`` terms.
+    Unsigned inputs (clamped at zero) start from their mean, ``r = mean(x)``: from zero,
+    every sign of a non-negative input would be +1 and the first term would be wasted.
     Not idempotent: the greedy signs need not reproduce a sum of scaled signs.
     """
 
@@ -116,14 +118,18 @@ class ResidualBinary(Scheme):
     idempotent: ClassVar[bool] = False
     learnable: ClassVar[tuple[str, ...]] = ()
 
-    def param_names(self) -> tuple[str, ...]:
+    def _alphas(self) -> tuple[str, ...]:
         return tuple(f"alpha{i}" for i in range(self.bits))
+
+    def param_names(self) -> tuple[str, ...]:
+        return ("offset", *self._alphas())
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
         x = _nonneg(x, signed)
-        r = torch.zeros_like(x)
-        params: Params = {}
-        for name in self.param_names():
+        offset = x.mean(dim=tuple(dims), keepdim=True)
+        params: Params = {"offset": torch.zeros_like(offset) if signed else offset}
+        r = params["offset"].expand_as(x)
+        for name in self._alphas():
             a = abs_mean(x - r, dims)
             params[name] = a
             r = r + a * _sign_no_zero(x - r)
@@ -131,14 +137,14 @@ class ResidualBinary(Scheme):
 
     def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
         x = _nonneg(x, signed)
-        r = torch.zeros_like(x)
-        for name in self.param_names():
+        r = params["offset"].expand_as(x)
+        for name in self._alphas():
             r = r + params[name] * _sign_no_zero(x - r)
         return r
 
     def levels(self, params: Params, signed: bool) -> Tensor:
-        alphas = torch.stack([params[n] for n in self.param_names()], dim=-1)
+        alphas = torch.stack([params[n] for n in self._alphas()], dim=-1)
         signs = torch.tensor(
             list(itertools.product((-1.0, 1.0), repeat=self.bits)), dtype=alphas.dtype
         ).to(alphas.device)
-        return alphas @ signs.T
+        return params["offset"].unsqueeze(-1) + alphas @ signs.T

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from lightning_autoq.quant.functional import TINY, code_range, round_clip_ste, std
+from lightning_autoq.quant.functional import code_range, round_clip_ste, std, step_floor
 from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
 
 #: uL2Q's step factors L_1..L_8 (index 0 is 1 bit).
@@ -39,8 +40,9 @@ class UL2Q(Scheme):
         return ("scale", "offset")
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
+        beta = x.mean(dim=tuple(dims), keepdim=True)
         a = UL2Q_FACTORS[self.bits - 1] * std(x, dims)
-        return {"scale": a.clamp_min(TINY), "offset": x.mean(dim=tuple(dims), keepdim=True)}
+        return {"scale": torch.maximum(a, step_floor(x - beta, dims)), "offset": beta}
 
     def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
         a, beta = params["scale"], params["offset"]
@@ -69,7 +71,8 @@ class Clip(Scheme):
         return ("scale",)
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
-        return {"scale": (CLIP_FACTORS[self.bits - 1] * std(x, dims)).clamp_min(TINY)}
+        a = CLIP_FACTORS[self.bits - 1] * std(x, dims)
+        return {"scale": torch.maximum(a, step_floor(x, dims))}
 
     def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
         a = params["scale"]

@@ -22,7 +22,9 @@ POW2_FACTORS = (1.0, 0.9, 0.4, 0.03)
 class PowerOfTwo(Scheme):
     """P: ``a = l_b sigma``; ``k = clip(round(log2|x/a|), 0, 2^(b-1) - 1)``; ``q = a sign(x) 2^k``.
 
-    Exact zeros stay zero. Unsigned inputs are clamped at zero first. Bits 1..4.
+    Signed: ``2^b`` levels ``+-a 2^k``; zero maps to ``+a`` (a zero level would be a
+    ``2^b + 1``-th code, not storable in ``b`` bits). Unsigned inputs are clamped at zero
+    first and keep zero as a level: ``{0} + {a 2^k}``. Bits 1..4.
     """
 
     name: ClassVar[str] = "power_of_two"
@@ -45,13 +47,13 @@ class PowerOfTwo(Scheme):
         x = x if signed else x.clamp_min(0.0)
         a = params["scale"]
         k = torch.clamp(torch.round(torch.log2((x / a).detach().abs())), 0, self._top())
-        return a * torch.sign(x) * torch.exp2(k)
+        sign = torch.where(x >= 0, 1.0, -1.0) if signed else torch.sign(x)
+        return a * sign.to(x.dtype) * torch.exp2(k)
 
     def levels(self, params: Params, signed: bool) -> Tensor:
         a = params["scale"]
         powers = torch.exp2(torch.arange(self._top() + 1, dtype=a.dtype, device=a.device))
         magnitudes = a.unsqueeze(-1) * powers
-        parts = [torch.zeros_like(a).unsqueeze(-1), magnitudes]
         if signed:
-            parts.insert(0, -magnitudes)
-        return torch.cat(parts, dim=-1)
+            return torch.cat([-magnitudes, magnitudes], dim=-1)
+        return torch.cat([torch.zeros_like(a).unsqueeze(-1), magnitudes], dim=-1)
