@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -21,17 +20,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPES_DIR.rglob("*.yaml"))
 FP_RECIPE = RECIPES_DIR / "fashion_mnist" / "resnet20_fp.yaml"
 W4A4_RECIPE = RECIPES_DIR / "fashion_mnist" / "resnet20_w4a4.yaml"
-
-
-def callbacks_missing() -> str | None:
-    """Why ``lightning_autoq.callbacks`` cannot be used yet, or None once it can."""
-    try:
-        module = importlib.import_module("lightning_autoq.callbacks")
-    except ImportError as err:
-        return f"lightning_autoq.callbacks is not importable yet ({err})"
-    if getattr(module, "__file__", None) is None:
-        return "lightning_autoq.callbacks has no __init__.py yet"
-    return None
+WANDB_RECIPE = RECIPES_DIR / "fashion_mnist" / "resnet20_w4a4_wandb.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +42,6 @@ def test_recipes_exist() -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(RECIPES_DIR)))
 def test_recipe_parses(recipe: Path) -> None:
-    if "lightning_autoq.callbacks" in recipe.read_text() and (reason := callbacks_missing()):
-        pytest.skip(reason)
     cli = create_cli(["-c", str(recipe)], run=False, cli_class=ParseOnlyCLI)
     config = cli.config
     assert config.model.model.class_path
@@ -143,8 +130,6 @@ def test_main_fits_fp_recipe(workdir: Path, fp_checkpoint: Path) -> None:
 
 
 def test_main_fits_w4a4_recipe_from_fp_checkpoint(workdir: Path, fp_checkpoint: Path) -> None:
-    if reason := callbacks_missing():
-        pytest.skip(reason)
     main(tiny_fit_args(W4A4_RECIPE, workdir / "fake-fashion-mnist"))
     checkpoint = workdir / "runs" / "fashion_mnist" / "resnet20_w4a4" / "checkpoints" / "last.ckpt"
     saved = torch.load(checkpoint, weights_only=True)
@@ -153,3 +138,15 @@ def test_main_fits_w4a4_recipe_from_fp_checkpoint(workdir: Path, fp_checkpoint: 
     decay, no_decay = saved["optimizer_states"][0]["param_groups"]
     assert len(decay["params"]) == 20 and decay["weight_decay"] == 1e-4
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_wandb_recipe_runs_offline(
+    workdir: Path, fp_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The W&B recipe needs no network: an offline run with metrics and the layer table."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    main(tiny_fit_args(WANDB_RECIPE, workdir / "fake-fashion-mnist"))
+    run_dir = workdir / "runs" / "fashion_mnist" / "resnet20_w4a4_wandb"
+    (offline_run,) = run_dir.glob("wandb/offline-run-*")
+    assert list(offline_run.glob("files/media/table/autoq/layers_*.table.json"))
+    assert list(offline_run.glob("*.wandb"))

@@ -8,7 +8,13 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_autoq.convert import QuantPolicy, convert, format_table, layer_table
+from lightning_autoq.convert import (
+    QuantPolicy,
+    convert,
+    format_table,
+    layer_configs,
+    layer_table,
+)
 from lightning_autoq.convert.report import COLUMNS, weight_size_bits
 from lightning_autoq.utils.logging import log_table
 
@@ -55,7 +61,10 @@ class Quantize(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         model = self.target(pl_module)
+        before = layer_configs(model)
         convert(model, self.policy)
+        if layer_configs(model) == before:
+            return  # already converted (e.g. test after fit): nothing new to report
         rows = layer_table(model)
         size_kib = weight_size_bits(model) / 8 / 1024
         rank_zero_info(
