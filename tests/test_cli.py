@@ -10,6 +10,7 @@ from unittest import mock
 
 import pytest
 import torch
+import wandb
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_autoq.cli import create_cli, main
@@ -145,7 +146,10 @@ def test_wandb_recipe_runs_offline(
 ) -> None:
     """The W&B recipe needs no network: an offline run with metrics and the layer table."""
     monkeypatch.setenv("WANDB_SILENT", "true")
-    main(tiny_fit_args(WANDB_RECIPE, workdir / "fake-fashion-mnist"))
+    try:
+        main(tiny_fit_args(WANDB_RECIPE, workdir / "fake-fashion-mnist"))
+    finally:
+        wandb.finish()  # WandbLogger reuses a global run left active
     run_dir = workdir / "runs" / "fashion_mnist" / "resnet20_w4a4_wandb"
     (offline_run,) = run_dir.glob("wandb/offline-run-*")
     assert list(offline_run.glob("files/media/table/autoq/layers_*.table.json"))

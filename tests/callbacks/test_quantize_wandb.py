@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import wandb
 
 from lightning_autoq.callbacks import Quantize
 from tests.callbacks.tiny import POLICY, TinyNet, tiny_loader
@@ -15,7 +16,7 @@ from tests.callbacks.tiny import POLICY, TinyNet, tiny_loader
 def test_layer_table_lands_in_offline_wandb_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("wandb")
+    wandb.finish()  # WandbLogger would reuse a run another test left active
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     logger = L.pytorch.loggers.WandbLogger(
@@ -30,7 +31,7 @@ def test_layer_table_lands_in_offline_wandb_run(
         accelerator="cpu",
     )
     trainer.fit(TinyNet(), tiny_loader())
-    logger.experiment.finish()
+    wandb.finish()
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/autoq/layers_*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
