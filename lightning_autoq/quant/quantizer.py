@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from lightning_autoq.quant.functional import BACKWARD_MODES, Backward, attach_gradient, grad_scale
 from lightning_autoq.quant.schemes import Params, make_scheme
+from lightning_autoq.quant.schemes.base import UniformScheme
+from lightning_autoq.quant.uniform import uniform_fake_quant
 
 Kind = Literal["weight", "activation"]
 RangeMode = Literal["dynamic", "running", "learned"]
@@ -218,6 +220,12 @@ class Quantizer(nn.Module):
             return None
         params = self.parameters_for(x)
         signed = self.signed()
+        if isinstance(self.scheme, UniformScheme):  # one fused node for value and gradients
+            grid = self.scheme.grid(params, signed)
+            clipped = self.backward == "clipped"
+            return uniform_fake_quant(x.float(), grid, clipped=clipped, ratio=self.grad_ratio).to(
+                x.dtype
+            )
         q = self.scheme.quantize(x.detach().float(), params, signed)
         lo = hi = None
         if self.backward == "clipped":

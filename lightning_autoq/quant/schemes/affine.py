@@ -14,13 +14,14 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from lightning_autoq.quant.functional import TINY, round_clip_ste
-from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
+from lightning_autoq.quant.functional import TINY
+from lightning_autoq.quant.schemes.base import Params, UniformScheme, register_scheme
+from lightning_autoq.quant.uniform import UniformGrid
 
 
 @register_scheme
 @dataclass
-class Zoom(Scheme):
+class Zoom(UniformScheme):
     """Z: min-max affine grid with ``2^b`` levels spanning ``[min, max]``."""
 
     name: ClassVar[str] = "zoom"
@@ -37,9 +38,5 @@ class Zoom(Scheme):
     def _step(self, params: Params) -> Tensor:
         return ((params["high"] - params["low"]) / (2**self.bits - 1)).clamp_min(TINY)
 
-    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
-        low, a = params["low"], self._step(params)
-        return low + a * round_clip_ste((x - low) / a, 0, 2**self.bits - 1)
-
-    def levels(self, params: Params, signed: bool) -> Tensor:
-        return uniform_levels(self._step(params), params["low"], 0, 2**self.bits - 1)
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
+        return UniformGrid(self._step(params), 0, 2**self.bits - 1, params["low"])

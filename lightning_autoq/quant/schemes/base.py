@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-import torch
 from torch import Tensor
 
-from lightning_autoq.quant.functional import Backward
+from lightning_autoq.quant.functional import TINY, Backward
+from lightning_autoq.quant.uniform import UniformGrid, uniform_fake_quant
 
 Params = dict[str, Tensor]
 
@@ -74,6 +74,36 @@ class Scheme:
         return max(2 ** (self.bits - 1) - 1 if signed else 2**self.bits - 1, 1)
 
 
+class UniformScheme(Scheme):
+    """A scheme whose levels form a :class:`UniformGrid`: it only describes the grid.
+
+    Quantizing, the level set and the bounds follow from :meth:`grid`, and the quantizer
+    module uses the fused :func:`uniform_fake_quant` for it.
+    """
+
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
+        """The grid for these parameters."""
+        raise NotImplementedError
+
+    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
+        return uniform_fake_quant(x, self.grid(params, signed))
+
+    def levels(self, params: Params, signed: bool) -> Tensor:
+        return self.grid(params, signed).levels()
+
+    def bounds(self, params: Params, signed: bool) -> tuple[Tensor, Tensor]:
+        g = self.grid(params, signed)
+        low, high = (g.lo + g.shift) * g.step, (g.hi + g.shift) * g.step
+        if g.offset is not None:
+            low, high = low + g.offset, high + g.offset
+        return low, high
+
+
+def positive(step: Tensor) -> Tensor:
+    """A learned step made usable: ``|step|``, at least ``TINY``."""
+    return step.abs().clamp_min(TINY)
+
+
 SchemeT = TypeVar("SchemeT", bound=type[Scheme])
 _REGISTRY: dict[str, type[Scheme]] = {}
 
@@ -104,13 +134,6 @@ def scheme_class(name: str) -> type[Scheme]:
 def make_scheme(name: str, bits: int, **options: object) -> Scheme:
     """Instantiate the scheme ``name`` at ``bits`` bits (validated)."""
     return scheme_class(name)(bits, **options)
-
-
-def uniform_levels(step: Tensor, offset: Tensor | float, lo: int, hi: int) -> Tensor:
-    """``offset + step * k`` for integer codes ``k`` in ``[lo, hi]``, along a new last dim."""
-    codes = torch.arange(lo, hi + 1, dtype=step.dtype, device=step.device)
-    offset = torch.as_tensor(offset, dtype=step.dtype, device=step.device)
-    return offset.unsqueeze(-1) + step.unsqueeze(-1) * codes
 
 
 def reduce_all_but(x: Tensor, axis: int | None) -> tuple[int, ...]:

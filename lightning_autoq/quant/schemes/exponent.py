@@ -16,26 +16,23 @@ from torch import Tensor
 from lightning_autoq.quant.functional import (
     abs_max,
     code_range,
-    exponent_quantize,
     pow2,
     shared_exponent,
 )
-from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
+from lightning_autoq.quant.schemes.base import Params, UniformScheme, register_scheme
+from lightning_autoq.quant.uniform import UniformGrid
 
 
-class _PowerOfTwoStep(Scheme):
+class _PowerOfTwoStep(UniformScheme):
     """Shared code for schemes whose only parameter is an integer exponent."""
 
     def param_names(self) -> tuple[str, ...]:
         return ("exponent",)
 
-    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
         # Running averages of the exponent (activations) are rounded to an integer here.
-        return exponent_quantize(x, torch.round(params["exponent"]), self.bits, signed)
-
-    def levels(self, params: Params, signed: bool) -> Tensor:
         lo, hi = code_range(self.bits, signed)
-        return uniform_levels(pow2(torch.round(params["exponent"])), 0.0, lo, hi)
+        return UniformGrid(pow2(torch.round(params["exponent"])), lo, hi)
 
 
 @register_scheme

@@ -14,8 +14,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lightning_autoq.quant.functional import code_range, round_clip_ste, std, step_floor
-from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
+from lightning_autoq.quant.functional import code_range, std, step_floor
+from lightning_autoq.quant.schemes.base import Params, UniformScheme, positive, register_scheme
+from lightning_autoq.quant.uniform import UniformGrid
 
 #: uL2Q's step factors L_1..L_8 (index 0 is 1 bit).
 UL2Q_FACTORS = (1.5950, 0.9953, 0.5872, 0.3359, 0.1894, 0.1057, 0.0571, 0.0305)
@@ -25,7 +26,7 @@ CLIP_FACTORS = (1.0, 0.9957, 0.5860, 0.3352, 0.1881, 0.1041, 0.0569, 0.0308)
 
 @register_scheme
 @dataclass
-class UL2Q(Scheme):
+class UL2Q(UniformScheme):
     """Q: ``beta = mean(x); a = L_b sigma; q = a (rc((x - beta)/a - 1/2) + 1/2) + beta``.
 
     The grid is centred on the mean, so it adapts to one-sided data by itself: ``signed`` has
@@ -44,20 +45,14 @@ class UL2Q(Scheme):
         a = UL2Q_FACTORS[self.bits - 1] * std(x, dims)
         return {"scale": torch.maximum(a, step_floor(x - beta, dims)), "offset": beta}
 
-    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
-        a, beta = params["scale"], params["offset"]
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
         lo, hi = code_range(self.bits, signed=True)
-        return a * (round_clip_ste((x - beta) / a - 0.5, lo, hi) + 0.5) + beta
-
-    def levels(self, params: Params, signed: bool) -> Tensor:
-        a, beta = params["scale"], params["offset"]
-        lo, hi = code_range(self.bits, signed=True)
-        return uniform_levels(a, beta + a / 2, lo, hi)
+        return UniformGrid(positive(params["scale"]), lo, hi, params["offset"], shift=0.5)
 
 
 @register_scheme
 @dataclass
-class Clip(Scheme):
+class Clip(UniformScheme):
     """C: ``a = L'_b sigma; q = a (rc(x/a - 1/2, -2^(b-1), 2^(b-1) - 1) + 1/2)``.
 
     Unsigned inputs use the zero-including grid ``a rc(x/a, 0, 2^b - 1)``.
@@ -74,14 +69,6 @@ class Clip(Scheme):
         a = CLIP_FACTORS[self.bits - 1] * std(x, dims)
         return {"scale": torch.maximum(a, step_floor(x, dims))}
 
-    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
-        a = params["scale"]
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
         lo, hi = code_range(self.bits, signed)
-        if signed:
-            return a * (round_clip_ste(x / a - 0.5, lo, hi) + 0.5)
-        return a * round_clip_ste(x / a, lo, hi)
-
-    def levels(self, params: Params, signed: bool) -> Tensor:
-        a = params["scale"]
-        lo, hi = code_range(self.bits, signed)
-        return uniform_levels(a, a / 2 if signed else 0.0, lo, hi)
+        return UniformGrid(positive(params["scale"]), lo, hi, shift=0.5 if signed else 0.0)

@@ -9,13 +9,14 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from lightning_autoq.quant.functional import TINY, abs_mean, code_range, round_clip_ste
-from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme, uniform_levels
+from lightning_autoq.quant.functional import TINY, abs_mean, code_range
+from lightning_autoq.quant.schemes.base import Params, UniformScheme, positive, register_scheme
+from lightning_autoq.quant.uniform import UniformGrid
 
 
 @register_scheme
 @dataclass
-class LSQ(Scheme):
+class LSQ(UniformScheme):
     """``q = s rc(x/s, -Q_N, Q_P)`` with a learned step ``s``, initialised to
     ``2 mean|x| / sqrt(Q_P)``; the quantizer scales the gradient of ``s`` by
     ``1 / sqrt(N Q_P)``. Bits 2..8 (published: ImageNet ResNet-18 W2A2/W3A3/W4A4
@@ -34,11 +35,6 @@ class LSQ(Scheme):
         scale = 2 * abs_mean(x, dims) / math.sqrt(self.max_code(signed))
         return {"scale": scale.clamp_min(TINY)}
 
-    def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
-        s = params["scale"].abs().clamp_min(TINY)
+    def grid(self, params: Params, signed: bool) -> UniformGrid:
         lo, hi = code_range(self.bits, signed)
-        return s * round_clip_ste(x / s, lo, hi)
-
-    def levels(self, params: Params, signed: bool) -> Tensor:
-        lo, hi = code_range(self.bits, signed)
-        return uniform_levels(params["scale"].abs().clamp_min(TINY), 0.0, lo, hi)
+        return UniformGrid(positive(params["scale"]), lo, hi)
