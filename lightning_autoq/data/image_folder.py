@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import find_classes
+
+from lightning_autoq.data.loading import make_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,15 +96,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
 
     def _loader(self, dataset: datasets.ImageFolder | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call ImageFolderDataModule.setup() before asking for data loaders")
-        return DataLoader(
+        return make_loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            shuffle=shuffle,
+            owner=type(self).__name__,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_autoq.data.augment import random_crop_flip
+from lightning_autoq.data.loading import make_loader
 
 
 class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -151,15 +152,12 @@ class InMemoryImageDataModule(L.LightningDataModule):
         return index[:size]
 
     def _loader(self, dataset: TensorImageDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"call {type(self).__name__}.setup() before asking for data loaders")
-        return DataLoader(
+        return make_loader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            shuffle=shuffle,
+            owner=type(self).__name__,
         )
 
     def train_dataloader(self) -> DataLoader:
