@@ -12,8 +12,8 @@ from lightning_autoq.convert import (
     QuantPolicy,
     convert,
     format_table,
-    layer_configs,
     layer_table,
+    quantized_layers,
 )
 from lightning_autoq.convert.report import COLUMNS, weight_size_bits
 from lightning_autoq.utils.logging import log_table
@@ -24,7 +24,8 @@ class Quantize(L.Callback):
 
     ``setup`` runs before ``configure_optimizers`` and before a checkpoint is restored, so
     the optimizer sees the quantizers' parameters and a quantized checkpoint loads strictly.
-    Converting is idempotent: calling ``setup`` again (fit then test) changes nothing.
+    A model that already has quantized layers (``setup`` again for test after fit) is left as
+    it is, with whatever later callbacks changed in it.
 
     Args:
         policy: the per-layer choices (default: :class:`~lightning_autoq.QuantPolicy`()).
@@ -61,10 +62,11 @@ class Quantize(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         model = self.target(pl_module)
-        before = layer_configs(model)
+        if quantized_layers(model):
+            # Converted by an earlier stage (test after fit): later callbacks may have changed
+            # its layers (a searched scheme, learned bits), so it is left as it is.
+            return
         convert(model, self.policy)
-        if layer_configs(model) == before:
-            return  # already converted (e.g. test after fit): nothing new to report
         rows = layer_table(model)
         size_kib = weight_size_bits(model) / 8 / 1024
         rank_zero_info(

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from lightning_autoq.data.idx import read_idx
-from lightning_autoq.data.in_memory import InMemoryImageDataModule
+from lightning_autoq.data.in_memory import InMemoryImageDataModule, TensorImageDataset
 
 FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",
@@ -73,6 +74,9 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
             batches, vectorized on the batch's device.
         seed: seed of the split and the subsets.
         download: download with torchvision when no local copy is found.
+        search_size: training images held out (seeded, after ``train_subset``) for the
+            ``theta`` steps of :class:`~lightning_autoq.callbacks.scheme_search.SchemeSearch`,
+            served by :meth:`search_dataloader` and excluded from the training set; 0: none.
 
     Example:
         >>> dm = FashionMNISTDataModule(batch_size=256, train_subset=10_000)
@@ -97,12 +101,51 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
         augment: bool = True,
         seed: int = 0,
         download: bool = True,
+        search_size: int = 0,
     ) -> None:
         super().__init__(
             batch_size, num_workers, val_size, train_subset, test_subset, augment, seed
         )
+        if search_size < 0:
+            raise ValueError(f"search_size={search_size} is not allowed; allowed: >= 0")
         self.data_dir = data_dir
         self.download = download
+        self.search_size = search_size
+        self.search_set: TensorImageDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        first = self.train_set is None
+        super().setup(stage)
+        if first and self.search_size > 0:
+            self._carve_search_split()
+
+    def _carve_search_split(self) -> None:
+        """Move a seeded random ``search_size`` of the training images to ``search_set``."""
+        train = self.train_set
+        assert train is not None
+        if self.search_size >= len(train):
+            raise ValueError(
+                f"search_size={self.search_size} must be smaller than the {len(train)} "
+                "training images"
+            )
+        generator = torch.Generator().manual_seed(self.seed + 1)
+        order = torch.randperm(len(train), generator=generator)
+        search_index, train_index = order[: self.search_size], order[self.search_size :]
+        self.search_set = TensorImageDataset(
+            train.images[search_index], train.labels[search_index], self.mean, self.std
+        )
+        self.train_set = TensorImageDataset(
+            train.images[train_index], train.labels[train_index], self.mean, self.std
+        )
+
+    def search_dataloader(self) -> DataLoader:
+        """Shuffled batches of the held-out search split (no augmentation)."""
+        if self.search_size == 0:
+            raise ValueError(
+                "FashionMNISTDataModule has no search split: set search_size > 0 (e.g. 20 % of "
+                "the training images) to hold out images for SchemeSearch"
+            )
+        return self._loader(self.search_set, shuffle=True)
 
     def prepare_data(self) -> None:
         self.locate()

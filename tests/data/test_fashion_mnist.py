@@ -171,3 +171,28 @@ def test_malformed_image_file_raises(data_dir: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"\(N, 28, 28\)"):
         make(data_dir)
+
+
+def test_search_split_is_held_out_of_training(data_dir: Path) -> None:
+    plain = make(data_dir)
+    dm = make(data_dir, search_size=30)
+    assert len(dm.search_set) == 30 and len(dm.train_set) == len(plain.train_set) - 30
+    # Disjoint from training and validation, together they are the old training set.
+    rows = lambda ds: {bytes(img.numpy()) for img in ds.images}  # noqa: E731
+    assert not rows(dm.search_set) & rows(dm.train_set)
+    assert not rows(dm.search_set) & rows(dm.val_set)
+    assert rows(dm.search_set) | rows(dm.train_set) == rows(plain.train_set)
+    assert rows(make(data_dir, search_size=30).search_set) == rows(dm.search_set)  # seeded
+    images, labels = next(iter(dm.search_dataloader()))
+    assert images.shape == (16, 1, 28, 28) and labels.dtype == torch.int64
+    dm.setup("fit")  # idempotent
+    assert len(dm.train_set) == len(plain.train_set) - 30
+
+
+def test_search_split_errors(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="search_size > 0"):
+        make(data_dir).search_dataloader()
+    with pytest.raises(ValueError, match=r"search_size=-1 is not allowed"):
+        make(data_dir, search_size=-1)
+    with pytest.raises(ValueError, match=r"search_size=100 must be smaller than the 100"):
+        make(data_dir, search_size=100)

@@ -1,0 +1,211 @@
+"""Benchmark of AutoQNN's scheme search (QSS, https://arxiv.org/abs/2304.03782).
+
+On Fashion-MNIST ResNet-20 at W2A2 and W3A3, with equal epochs and the same training images:
+the test accuracy of the searched policy (``SchemeSearch`` then training on with the fixed
+policy) against each single AutoQNN scheme used everywhere, and the time of a search step
+(theta step + weight step) against a plain QAT step (target: at most 2x).
+
+Each single scheme runs at ``min(bits, its largest width)`` (binary 1 bit, ternary 2); the
+first and last layers at 8 bits clamped likewise, as in the search's candidates.
+
+    python benchmarks/scheme_search.py            # full: 20 epochs (10 search), all data
+    python benchmarks/scheme_search.py --quick    # smoke test: a subset, 1 epoch
+
+Writes ``benchmarks/results/scheme_search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lightning_autoq import AUTOQNN_SCHEMES, LayerConfig, QuantPolicy  # noqa: E402
+from lightning_autoq.callbacks import Quantize  # noqa: E402
+from lightning_autoq.callbacks.scheme_search import SchemeSearch  # noqa: E402
+from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
+from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
+from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "scheme_search.json"
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step, from batch start (before the theta step) to its end."""
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip = skip
+        self.times: list[float] = []
+        self._start = 0.0
+        self._seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._seen += 1
+        if self._seen > self.skip:
+            self.times.append(time.perf_counter() - self._start)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
+def datamodule(args: argparse.Namespace) -> FashionMNISTDataModule:
+    return FashionMNISTDataModule(
+        args.data_dir,
+        batch_size=args.batch_size,
+        val_size=0,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        search_size=args.search_size,
+        augment=not args.quick,
+        download=False,
+    )
+
+
+def run(args: argparse.Namespace, callbacks: list[L.Callback], timer: StepTimer) -> float:
+    """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; the test accuracy."""
+    L.seed_everything(0, verbose=False)
+    dm = datamodule(args)
+    module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        callbacks=[timer, *callbacks],
+        accelerator=args.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=args.out_dir,
+    )
+    trainer.fit(module, datamodule=dm)
+    return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def single_policy(scheme: str, bits: int) -> QuantPolicy:
+    b = candidate_bits(scheme, bits)
+    assert b is not None
+    return QuantPolicy(LayerConfig(scheme, b, b), first_last_bits=candidate_bits(scheme, 8))
+
+
+def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
+    print(f"== W{bits}A{bits}", flush=True)
+    timer = StepTimer()
+    search = SchemeSearch(
+        0,
+        args.search_epochs,
+        mode=args.mode,
+        weight_candidates=args.weight_candidates,
+        act_candidates=args.act_candidates,
+    )
+    acc = run(args, [Quantize(single_policy("clip", bits)), search], timer)
+    assert search.policy is not None
+    chosen = search.chosen_schemes()
+    searched = {
+        "test_acc": acc,
+        "scheme_counts": dict(Counter(chosen.values())),
+        "chosen": chosen,
+        "policy": search.policy.to_dict(),
+    }
+    search_step = timer.median
+    print(f"searched policy: acc {acc:.4f}, search step {search_step * 1e3:.1f} ms", flush=True)
+    single: dict[str, float] = {}
+    qat_step = float("nan")
+    for scheme in args.schemes:
+        timer = StepTimer()
+        single[scheme] = run(args, [Quantize(single_policy(scheme, bits))], timer)
+        if scheme == "clip":
+            qat_step = timer.median
+        print(f"single {scheme:16s} acc {single[scheme]:.4f}", flush=True)
+    if qat_step != qat_step:  # clip not among the schemes: time a plain QAT run anyway
+        timer = StepTimer()
+        run(args, [Quantize(single_policy("clip", bits))], timer)
+        qat_step = timer.median
+    ratio = search_step / qat_step
+    print(
+        f"step time: search {search_step * 1e3:.1f} ms, QAT {qat_step * 1e3:.1f} ms, "
+        f"ratio {ratio:.2f}x (target <= 2x)",
+        flush=True,
+    )
+    return {
+        "searched": searched,
+        "single": single,
+        "best_single": max(single, key=single.__getitem__),
+        "step_time_s": {"search": search_step, "qat": qat_step, "ratio": ratio},
+    }
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="subset, 1 epoch: a smoke test")
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 3])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--search-epochs", type=int, default=10)
+    p.add_argument("--mode", choices=["layer", "model"], default="layer")
+    p.add_argument("--schemes", nargs="+", default=list(AUTOQNN_SCHEMES), help="single runs")
+    p.add_argument("--weight-candidates", nargs="+", default=list(AUTOQNN_SCHEMES))
+    p.add_argument("--act-candidates", nargs="+", default=list(AUTOQNN_SCHEMES))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--search-size", type=int, default=11000)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out-dir", default="runs/benchmarks/scheme_search")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.search_epochs = 1, 1
+        args.train_subset = args.train_subset or 2000
+        args.test_subset = args.test_subset or 1000
+        args.search_size = min(args.search_size, 500)
+    if not 0 < args.search_epochs <= args.epochs:
+        p.error(f"--search-epochs={args.search_epochs} must be in 1..--epochs ({args.epochs})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    start = time.perf_counter()
+    results = {f"w{b}a{b}": bench_bits(args, b) for b in args.bits}
+    report = {
+        "benchmark": "scheme_search",
+        "quick": args.quick,
+        "device": "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k not in {"out", "out_dir"}
+        },
+        "results": results,
+        "wall_s": time.perf_counter() - start,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""QSS cell: a Gumbel-softmax mixture of candidate quantizers of one tensor (AutoQNN §QSS).
+
+AutoQNN (https://arxiv.org/abs/2304.03782) searches the quantizing scheme of every tensor with
+differentiable NAS (DNAS, https://arxiv.org/abs/1812.00090): the output of a cell is
+``sum_i m_i * Q_i(x)`` with ``m = softmax((theta + g) / tau)``, ``g`` Gumbel noise. Used as a
+layer's ``weight_quant`` the cell mixes the *quantized weights* before the layer's single
+convolution, so a search step costs one convolution per layer rather than one per candidate
+(EdMIPS, https://arxiv.org/abs/2004.05795); used as ``act_quant`` it mixes the quantized input.
+
+Once fixed (``chosen >= 0``) a cell returns its chosen candidate's output exactly, at the cost
+of a plain quantizer; :func:`collapse` swaps fixed cells for those candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_autoq.quant.quantizer import Quantizer
+from lightning_autoq.quant.schemes import scheme_class
+
+
+def candidate_bits(scheme: str, bits: int) -> int | None:
+    """The bit-width a candidate ``scheme`` gets in a layer quantized at ``bits``.
+
+    ``bits`` clamped into the scheme's ``bit_range`` (binary 1, ternary 2, power_of_two <= 4);
+    None when the scheme's smallest width is above ``bits`` (it would cost more than the layer
+    allows, so it is left out), e.g. ternary or fixed_point in a 1-bit layer.
+
+    Example:
+        >>> candidate_bits("binary", 4), candidate_bits("power_of_two", 8)
+        (1, 4)
+        >>> candidate_bits("ternary", 1) is None
+        True
+    """
+    lo, hi = scheme_class(scheme).bit_range
+    if lo > bits:
+        return None
+    return min(bits, hi)
+
+
+class SchemeMixture(nn.Module):
+    """One tensor's candidate quantizers mixed with Gumbel-softmax weights over logits ``theta``.
+
+    ``theta`` may be shared by several cells (one logit per scheme name for the whole model);
+    ``slots`` says which entries of ``theta`` this cell's candidates use, so a cell that lacks
+    a candidate (bit range) still shares the others' logits.
+
+    In training the weights are ``softmax((theta[slots] + g) / tau)`` with Gumbel noise ``g``
+    drawn from ``generator`` (set by the search so that every rank draws the same noise); in
+    evaluation they are ``softmax(theta[slots] / tau)`` without noise. Once ``chosen`` (a
+    persistent buffer, -1 while searching) holds an index, the cell returns exactly that
+    candidate's output and ``theta`` gets no gradient.
+
+    Args:
+        candidates: the plain quantizers, at least one.
+        theta: the logits (a shared ``nn.Parameter``); None creates zeros, one per candidate.
+        slots: index into ``theta`` of each candidate; None: ``0..len(candidates)-1``.
+        tau: initial temperature.
+
+    Example:
+        >>> cell = SchemeMixture([Quantizer("clip", 2), Quantizer("binary", 1)])
+        >>> cell(torch.randn(4, 3)).shape
+        torch.Size([4, 3])
+        >>> cell.fix().candidate.scheme.name in ("clip", "binary")
+        True
+    """
+
+    def __init__(
+        self,
+        candidates: Sequence[Quantizer],
+        theta: nn.Parameter | None = None,
+        slots: Sequence[int] | None = None,
+        tau: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if not candidates:
+            raise ValueError("a SchemeMixture needs at least one candidate quantizer")
+        self.candidates = nn.ModuleList(candidates)
+        n = len(candidates)
+        if theta is None:
+            theta = nn.Parameter(torch.zeros(n))
+        slots = list(range(n)) if slots is None else list(slots)
+        if len(slots) != n or (slots and not 0 <= min(slots) <= max(slots) < theta.numel()):
+            raise ValueError(
+                f"slots={slots} must give one index in 0..{theta.numel() - 1} per candidate ({n})"
+            )
+        self.theta = theta
+        self.register_buffer("slots", torch.tensor(slots, dtype=torch.long), persistent=False)
+        self.register_buffer("chosen", torch.tensor(-1, dtype=torch.long))
+        self.tau = float(tau)
+        self.generator: torch.Generator | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Scheme name of each candidate."""
+        return [q.scheme.name for q in self.candidates]  # type: ignore[union-attr]
+
+    @property
+    def fixed(self) -> bool:
+        return int(self.chosen) >= 0
+
+    @property
+    def candidate(self) -> Quantizer:
+        """The chosen candidate (only once fixed)."""
+        if not self.fixed:
+            raise RuntimeError("the cell is still searching: call fix() first")
+        return self.candidates[int(self.chosen)]  # type: ignore[return-value]
+
+    def logits(self) -> Tensor:
+        """This cell's entries of ``theta``."""
+        return self.theta[self.slots]
+
+    def probabilities(self) -> Tensor:
+        """The noise-free distribution ``softmax(theta[slots])`` (detached)."""
+        return torch.softmax(self.logits().detach().float(), dim=0)
+
+    def mixing_weights(self) -> Tensor:
+        """``softmax((theta + g) / tau)``; Gumbel noise ``g`` in training only."""
+        logits = self.logits().float()
+        if self.training:
+            u = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
+            gumbel = -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))
+            logits = logits + gumbel.to(logits.device)
+        return torch.softmax(logits / self.tau, dim=0)
+
+    @torch.no_grad()
+    def fix(self, index: int | None = None) -> SchemeMixture:
+        """Fix the cell on ``index`` (default: the argmax of ``theta``); returns the cell."""
+        if index is None:
+            index = int(self.logits().argmax())
+        if not 0 <= index < len(self.candidates):
+            raise ValueError(
+                f"index={index} is not allowed; allowed: 0..{len(self.candidates) - 1}"
+            )
+        self.chosen.fill_(index)
+        return self
+
+    def forward(self, x: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        if self.fixed:
+            return self.candidate(x)
+        weights = self.mixing_weights().to(x.device)
+        mixed: Tensor | None = None
+        for weight, quantizer in zip(weights, self.candidates, strict=True):
+            term = quantizer(x).float() * weight  # accumulating beats stacking in time and memory
+            mixed = term if mixed is None else mixed + term
+        assert mixed is not None
+        return mixed.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        state = f"chosen={self.names[int(self.chosen)]}" if self.fixed else f"tau={self.tau:.3g}"
+        return f"{', '.join(self.names)}; {state}"
+
+
+def mixtures(model: nn.Module) -> list[tuple[str, SchemeMixture]]:
+    """``(name, cell)`` of every :class:`SchemeMixture` in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SchemeMixture)]
+
+
+def collapse(model: nn.Module) -> nn.Module:
+    """Replace every fixed cell by its chosen plain quantizer, in place (export, inference).
+
+    The chosen candidate keeps its state, so the model's outputs do not change and its state
+    dict matches a model built by ``convert`` from the searched policy.
+
+    Raises:
+        RuntimeError: a cell is still searching (nothing is replaced then).
+    """
+    cells = mixtures(model)
+    searching = [name for name, cell in cells if not cell.fixed]
+    if searching:
+        raise RuntimeError(f"cells still searching (not fixed): {', '.join(searching)}")
+    for name, cell in cells:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, cell.candidate)
+    return model
+
+
+__all__ = ["SchemeMixture", "candidate_bits", "collapse", "mixtures"]

@@ -1,0 +1,109 @@
+"""SchemeMixture: Gumbel-softmax mixing, fixing, collapsing, tied logits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_autoq.quant import AUTOQNN_SCHEMES, Quantizer
+from lightning_autoq.quant.mixture import SchemeMixture, candidate_bits, collapse, mixtures
+
+
+def test_candidate_bits_clamps_into_the_scheme_range() -> None:
+    assert [candidate_bits(s, 2) for s in AUTOQNN_SCHEMES] == [1, 2, 2, 2, 2, 2, 2, 2]
+    assert candidate_bits("power_of_two", 8) == 4
+    assert candidate_bits("binary", 8) == 1
+    assert candidate_bits("ternary", 1) is None
+    assert candidate_bits("fixed_point", 1) is None
+    with pytest.raises(ValueError, match="available"):
+        candidate_bits("nope", 2)
+
+
+def _cell(**kwargs) -> SchemeMixture:
+    return SchemeMixture([Quantizer("clip", 2), Quantizer("binary", 1)], **kwargs)
+
+
+def test_eval_output_is_the_softmax_weighted_sum() -> None:
+    cell = _cell(tau=2.0).eval()
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([0.3, -0.4]))
+    x = torch.randn(5, 7)
+    m = torch.softmax(torch.tensor([0.3, -0.4]) / 2.0, 0)
+    expected = m[0] * cell.candidates[0](x) + m[1] * cell.candidates[1](x)
+    torch.testing.assert_close(cell(x), expected)
+
+
+def test_training_noise_comes_from_the_generator_and_theta_gets_a_gradient() -> None:
+    cell = _cell()
+    x = torch.randn(5, 7)
+    cell.generator = torch.Generator().manual_seed(3)
+    a = cell(x)
+    cell.generator = torch.Generator().manual_seed(3)
+    b = cell(x)
+    torch.testing.assert_close(a, b)
+    cell.generator = torch.Generator().manual_seed(4)
+    assert not torch.equal(cell(x), a)
+    a.square().sum().backward()
+    assert cell.theta.grad is not None and cell.theta.grad.abs().sum() > 0
+
+
+def test_low_temperature_selects_the_larger_logit() -> None:
+    cell = _cell(tau=1e-3).eval()
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([0.0, 1.0]))
+    x = torch.randn(4, 4)
+    torch.testing.assert_close(cell(x), cell.candidates[1](x))
+
+
+def test_fixed_cell_returns_exactly_its_candidate() -> None:
+    cell = _cell()
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([2.0, 1.0]))
+    assert not cell.fixed
+    cell.fix()
+    assert cell.fixed and int(cell.chosen) == 0 and cell.candidate is cell.candidates[0]
+    x = torch.randn(3, 6, requires_grad=True)
+    out = cell(x)
+    assert torch.equal(out, cell.candidates[0](x))
+    out.sum().backward()
+    assert cell.theta.grad is None
+    with pytest.raises(ValueError, match=r"allowed: 0\.\.1"):
+        cell.fix(2)
+
+
+def test_collapse_swaps_fixed_cells_and_keeps_outputs() -> None:
+    model = nn.Sequential(nn.Identity(), _cell())
+    with pytest.raises(RuntimeError, match="still searching"):
+        collapse(model)
+    model[1].fix(1)
+    x = torch.randn(2, 5)
+    before = model(x)
+    collapsed = collapse(copy.deepcopy(model))
+    assert isinstance(collapsed[1], Quantizer) and collapsed[1].scheme.name == "binary"
+    assert torch.equal(collapsed(x), before)
+    assert not mixtures(collapsed)
+
+
+def test_tied_theta_is_one_parameter_and_round_trips_the_state_dict() -> None:
+    theta = nn.Parameter(torch.zeros(3))
+    a = SchemeMixture([Quantizer("clip", 2), Quantizer("zoom", 2)], theta, slots=[0, 2])
+    b = SchemeMixture([Quantizer("binary", 1), Quantizer("zoom", 2)], theta, slots=[1, 2])
+    model = nn.Sequential(a, b)
+    assert len(list(model.parameters())) == 1
+    with torch.no_grad():
+        theta.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    assert a.logits().tolist() == [1.0, 3.0] and b.logits().tolist() == [2.0, 3.0]
+    state = model.state_dict()
+    assert torch.equal(state["0.theta"], state["1.theta"])
+    theta2 = nn.Parameter(torch.zeros(3))
+    fresh = nn.Sequential(
+        SchemeMixture([Quantizer("clip", 2), Quantizer("zoom", 2)], theta2, slots=[0, 2]),
+        SchemeMixture([Quantizer("binary", 1), Quantizer("zoom", 2)], theta2, slots=[1, 2]),
+    )
+    fresh.load_state_dict(state)
+    assert fresh[0].theta is fresh[1].theta and fresh[0].theta.tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="slots"):
+        SchemeMixture([Quantizer("clip", 2)], theta, slots=[3])
