@@ -1,6 +1,8 @@
 """Lightning callbacks, one per concept."""
 
+from lightning_autoq.callbacks.batchnorm_lock import BatchNormLock
+from lightning_autoq.callbacks.incremental import IncrementalQuantization
 from lightning_autoq.callbacks.quantize import Quantize
 from lightning_autoq.callbacks.scheme_search import SchemeSearch
 
-__all__ = ["Quantize", "SchemeSearch"]
+__all__ = ["BatchNormLock", "IncrementalQuantization", "Quantize", "SchemeSearch"]

@@ -4,19 +4,96 @@ A quantized layer holds three :class:`~lightning_autoq.quant.Quantizer` submodul
 ``weight_quant``, ``act_quant`` (its input) and ``bias_quant``, built from a
 :class:`~lightning_autoq.convert.policy.LayerConfig`. Because the float parameters keep their
 names (``weight``, ``bias``), a float state dict loads into the quantized model and back.
+
+IOIQ support (Yang et al. 2023): when weights and inputs are both INT-SE, the bias is an
+:class:`IntSEBias` whose exponent is restricted to ``[s_in + s_w, s_in + s_w + 7]``; and a
+layer followed by a batch norm can be given that BN (:meth:`QuantLayer.attach_batchnorm`)
+and, once ``bn_locked``, computes with the folded (then quantized) weight and bias.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from lightning_autoq.export.fold import fold_batchnorm
 from lightning_autoq.quant import Quantizer
+from lightning_autoq.quant.functional import exponent_quantize, shared_exponent
 
 if TYPE_CHECKING:
     from lightning_autoq.convert.policy import LayerConfig
+
+
+#: Width of the bias exponent window above the accumulator exponent ``s_in + s_w`` (IOIQ).
+BIAS_SHIFT_RANGE = 7
+
+
+class IntSEBias(nn.Module):
+    """INT-SE bias of IOIQ: exponent restricted to ``[s_acc, s_acc + 7]``, ``s_acc = s_in + s_w``.
+
+    The bias is then added to the integer accumulator (exponent ``s_acc``) with a left shift
+    of at most 7. Within that window the exponent is the minimum-MSE one
+    (:func:`~lightning_autoq.quant.functional.shared_exponent`). Stateless: nothing is saved.
+
+    Args:
+        bits: bias code width (signed).
+        candidates: exponents searched by the minimum-MSE rule.
+
+    Example:
+        >>> q = IntSEBias(8)
+        >>> q(torch.tensor([0.3, -1.2]), torch.tensor(-10.0)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, bits: int, candidates: int = 4) -> None:
+        super().__init__()
+        Quantizer("int_se", bits, kind="weight", candidates=candidates)  # validates both
+        self.bits = bits
+        self.candidates = candidates
+
+    def exponent(self, bias: Tensor, s_acc: Tensor) -> Tensor:
+        """The bias exponent: per tensor (``s_acc`` has one value) or per channel."""
+        s_acc = torch.round(s_acc.detach().float()).reshape(-1)
+        b = bias.detach().float()
+        b = b.reshape(1, -1) if s_acc.numel() == 1 else b.reshape(-1, 1)
+        s = shared_exponent(b, self.bits, True, (1,), self.candidates).reshape(-1)
+        s = torch.minimum(torch.maximum(s, s_acc), s_acc + BIAS_SHIFT_RANGE)
+        return s if s_acc.numel() > 1 else s.reshape(())
+
+    def forward(self, bias: Tensor, s_acc: Tensor) -> Tensor:
+        s = self.exponent(bias, s_acc)
+        return exponent_quantize(bias.float(), s, self.bits, True).to(bias.dtype)
+
+    def extra_repr(self) -> str:
+        return f"int_se, bits={self.bits}, window=[s_in+s_w, s_in+s_w+{BIAS_SHIFT_RANGE}]"
+
+
+def _uses_int_se_bias(config: LayerConfig) -> bool:
+    act_scheme = config.act_scheme or config.scheme
+    return config.scheme == "int_se" and config.act_bits is not None and act_scheme == "int_se"
+
+
+def _bn_locked(bn: nn.Module) -> bool:
+    layer = bn.__dict__.get("_autoq_folded_into")
+    return layer is not None and bool(layer.bn_locked)
+
+
+def _bn_pre_hook(bn: nn.Module, args: tuple[Any, ...]) -> None:
+    """While locked, run the BN in eval form so its running statistics stay frozen."""
+    if bn.training and _bn_locked(bn):
+        bn.training = False
+        bn.__dict__["_autoq_was_training"] = True
+
+
+def _bn_hook(bn: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+    """While locked, the BN passes its input through (the layer before it is folded)."""
+    if bn.__dict__.pop("_autoq_was_training", False):
+        bn.training = True
+    return args[0] if _bn_locked(bn) else None
 
 
 class QuantLayer:
@@ -27,7 +104,8 @@ class QuantLayer:
     config: LayerConfig
     weight_quant: Quantizer
     act_quant: Quantizer | None
-    bias_quant: Quantizer | None
+    bias_quant: Quantizer | IntSEBias | None
+    bn_locked: Tensor
 
     @classmethod
     def _constructor_args(cls, module: nn.Module) -> dict[str, Any]:
@@ -56,8 +134,69 @@ class QuantLayer:
                 **common,
             )
         self.bias_quant = None
-        if config.bias_bits is not None and self.bias is not None:  # type: ignore[attr-defined]
-            self.bias_quant = Quantizer(config.bias_scheme, config.bias_bits, kind="weight")
+        if self.bias is not None:  # type: ignore[attr-defined]
+            self.bias_quant = self._make_bias_quant()
+
+    def _make_bias_quant(self) -> Quantizer | IntSEBias | None:
+        config = self.config
+        if config.bias_bits is None:
+            return None
+        if _uses_int_se_bias(config):
+            return IntSEBias(config.bias_bits, self.weight_quant.scheme.candidates)  # type: ignore[attr-defined]
+        return Quantizer(config.bias_scheme, config.bias_bits, kind="weight")
+
+    @property
+    def batchnorm(self) -> _BatchNorm | None:
+        """The batch norm attached by :meth:`attach_batchnorm` (not a submodule), or None."""
+        return self.__dict__.get("_autoq_bn")
+
+    def attach_batchnorm(self, bn: _BatchNorm) -> None:
+        """Pair this layer with the ``bn`` that follows it, for learn-then-lock (IOIQ).
+
+        Adds the persistent buffer ``bn_locked`` (False) and, for a layer without bias, a
+        stateless bias quantizer for the folded bias. ``bn`` is referenced, not registered,
+        so parameter names stay; hooks make it pass its input through once locked.
+        Idempotent for the same ``bn``.
+        """
+        if self.batchnorm is bn:
+            return
+        if self.batchnorm is not None:
+            raise ValueError("this layer is already paired with another BatchNorm")
+        if bn.running_var is None:
+            raise ValueError("the BatchNorm has no running statistics to fold")
+        if bn.__dict__.get("_autoq_folded_into") is not None:
+            raise ValueError("this BatchNorm is already paired with another layer")
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        if self.channel_axis != 0 or weight.shape[0] != bn.num_features:
+            raise ValueError(
+                f"cannot fold {bn.num_features} BN channels into a weight of shape "
+                f"{tuple(weight.shape)} with output channels on axis {self.channel_axis}"
+            )
+        self.register_buffer(  # type: ignore[attr-defined]
+            "bn_locked", torch.tensor(False, device=weight.device)
+        )
+        if self.bias_quant is None:
+            self.bias_quant = self._make_bias_quant()
+        # Plain references (not submodules), so both state dicts keep their keys; the hooks
+        # are module-level functions that find the layer through the BN, so deepcopy and
+        # pickling keep each copy's BN tied to its own layer.
+        self.__dict__["_autoq_bn"] = bn
+        bn.__dict__["_autoq_folded_into"] = self
+        bn.register_forward_pre_hook(_bn_pre_hook)
+        bn.register_forward_hook(_bn_hook)
+
+    def is_bn_locked(self) -> bool:
+        """Whether the attached batch norm is folded into this layer."""
+        return self.batchnorm is not None and bool(self.bn_locked)
+
+    def float_weight_bias(self) -> tuple[Tensor, Tensor | None]:
+        """The float weight and bias the quantizers receive (BN-folded once locked)."""
+        weight: Tensor = self.weight  # type: ignore[attr-defined]
+        bias: Tensor | None = self.bias  # type: ignore[attr-defined]
+        bn = self.batchnorm
+        if bn is not None and bool(self.bn_locked):
+            return fold_batchnorm(weight, bias, bn, self.channel_axis)
+        return weight, bias
 
     @classmethod
     def from_float(cls, module: nn.Module, config: LayerConfig) -> QuantLayer:
@@ -81,15 +220,31 @@ class QuantLayer:
         return module
 
     def quantized_weight(self) -> Tensor:
-        """The fake-quantized weight as the forward pass uses it."""
-        return self.weight_quant(self.weight)  # type: ignore[attr-defined,return-value]
+        """The fake-quantized (BN-folded once locked) weight as the forward pass uses it."""
+        return self.weight_quant(self.float_weight_bias()[0])  # type: ignore[return-value]
 
     def _quantize_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         x = self.act_quant(x) if self.act_quant is not None else x
-        bias = self.bias  # type: ignore[attr-defined]
-        if self.bias_quant is not None:
+        weight, bias = self.float_weight_bias()
+        qweight: Tensor = self.weight_quant(weight)  # type: ignore[assignment]
+        if bias is not None and isinstance(self.bias_quant, IntSEBias):
+            bias = self.bias_quant(bias, self.accumulator_exponent(weight))
+        elif bias is not None and self.bias_quant is not None:
             bias = self.bias_quant(bias)
-        return x, self.quantized_weight(), bias
+        return x, qweight, bias
+
+    def accumulator_exponent(self, weight: Tensor | None = None) -> Tensor:
+        """``s_in + s_w`` (INT-SE layers): one value, or one per output channel.
+
+        ``s_in`` is the input quantizer's running exponent, ``s_w`` the weight quantizer's
+        exponent for ``weight`` (default: the current float weight), both rounded.
+        """
+        if self.act_quant is None or not hasattr(self.act_quant, "exponent"):
+            raise ValueError("the accumulator exponent needs an INT-SE input quantizer")
+        if weight is None:
+            weight = self.float_weight_bias()[0]
+        s_w = self.weight_quant.parameters_for(weight)["exponent"].detach()
+        return torch.round(self.act_quant.exponent) + torch.round(s_w).reshape(-1)
 
 
 def _conv_args(module: nn.Module) -> dict[str, Any]:

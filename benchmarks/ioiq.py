@@ -1,0 +1,201 @@
+"""IOIQ training on Fashion-MNIST ResNet-20: float vs INT-SE incremental quantization.
+
+    python benchmarks/ioiq.py            # full: 15 float epochs, 1 + 4 + 2 epochs per IOIQ run
+    python benchmarks/ioiq.py --quick    # smoke test: data subset, 1 epoch per stage
+
+Runs, all fine-tuned from the same float model for the same number of epochs: a float
+fine-tune (the reference for ``drop_vs_float``); IOIQ at 8, 6 and 4 bits (magnitude masks,
+4 exponent candidates); 4 bits with random masks; 4 bits with 1 exponent candidate (the
+max-based exponent). Each IOIQ run: 1 epoch learning batch norm, then BN folded and locked
+with the schedule 50 / 75 / 87.5 / 100 % (one epoch each), then the tail epochs. First and
+last layers at 8 bits. Writes benchmarks/results/ioiq.json and ioiq.png (test accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from lightning_autoq import LayerConfig, QuantPolicy
+from lightning_autoq.callbacks import Quantize
+from lightning_autoq.callbacks.batchnorm_lock import BatchNormLock
+from lightning_autoq.callbacks.incremental import IncrementalQuantization
+from lightning_autoq.convert import quantized_layers
+from lightning_autoq.data import FashionMNISTDataModule
+from lightning_autoq.models import ImageClassifier, resnet20
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCHEDULE = (0.5, 0.75, 0.875, 1.0)
+
+
+class ExponentCandidates(L.Callback):
+    """Sets the INT-SE exponent candidates of every quantizer after ``Quantize`` ran.
+
+    A benchmark-only knob: ``LayerConfig`` has no field for scheme options yet.
+    """
+
+    def __init__(self, candidates: int) -> None:
+        self.candidates = candidates
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for _, layer in quantized_layers(pl_module):
+            for q in (layer.weight_quant, layer.act_quant, layer.bias_quant):
+                scheme = getattr(q, "scheme", None)
+                if scheme is not None and hasattr(scheme, "candidates"):
+                    scheme.candidates = self.candidates
+                if q is not None and hasattr(q, "candidates"):
+                    q.candidates = self.candidates
+
+
+def _trainer(epochs: int, callbacks: list[L.Callback], root: Path) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="auto",
+        devices=1,
+    )
+
+
+def _test_acc(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule) -> float:
+    return float(trainer.test(module, data, verbose=False)[0]["test/acc"])
+
+
+def _finetune_module(fp_state: dict[str, torch.Tensor]) -> ImageClassifier:
+    L.seed_everything(0)
+    module = ImageClassifier(resnet20(in_channels=1), lr=0.01, weight_decay=1e-4)
+    module.model.load_state_dict(fp_state)
+    return module
+
+
+def run_float(
+    fp_state: dict[str, torch.Tensor], data: L.LightningDataModule, epochs: int, root: Path
+) -> dict[str, Any]:
+    """Fine-tune the float model as long as an IOIQ run, without quantization."""
+    module = _finetune_module(fp_state)
+    trainer = _trainer(epochs, [], root)
+    start = time.perf_counter()
+    trainer.fit(module, data)
+    acc = _test_acc(trainer, module, data)
+    return {
+        "run": "float fine-tuned",
+        "epochs": epochs,
+        "test_acc": acc,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_ioiq(
+    fp_state: dict[str, torch.Tensor],
+    data: L.LightningDataModule,
+    bits: int,
+    strategy: str,
+    candidates: int,
+    tail_epochs: int,
+    root: Path,
+) -> dict[str, Any]:
+    """Fine-tune the float model with IOIQ; returns the test accuracy and settings."""
+    module = _finetune_module(fp_state)
+    policy = QuantPolicy(LayerConfig("int_se", bits, bits, bias_bits=8), first_last_bits=8)
+    callbacks: list[L.Callback] = [Quantize(policy)]
+    if candidates != 4:
+        callbacks.append(ExponentCandidates(candidates))
+    callbacks += [
+        BatchNormLock(lock_epoch=1),
+        IncrementalQuantization(SCHEDULE, strategy, start_epoch=1),  # type: ignore[arg-type]
+    ]
+    epochs = 1 + len(SCHEDULE) + tail_epochs
+    trainer = _trainer(epochs, callbacks, root)
+    start = time.perf_counter()
+    trainer.fit(module, data)
+    acc = _test_acc(trainer, module, data)
+    layers = quantized_layers(module)
+    fully = all(bool(layer.weight_quant.mask.all()) for _, layer in layers)
+    return {
+        "bits": bits,
+        "strategy": strategy,
+        "candidates": candidates,
+        "epochs": epochs,
+        "test_acc": acc,
+        "fully_quantized": fully,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="data subset, 1 epoch per stage")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args()
+    quick = args.quick
+    data = FashionMNISTDataModule(
+        data_dir=args.data_dir,
+        batch_size=128,
+        val_size=256 if quick else 5000,
+        train_subset=1024 if quick else None,
+        test_subset=500 if quick else None,
+        augment=not quick,
+        download=False,
+    )
+    root = Path("runs/benchmarks/ioiq")
+    fp_epochs, tail = (2, 0) if quick else (15, 2)
+
+    L.seed_everything(0)
+    fp = ImageClassifier(resnet20(in_channels=1), lr=0.1)
+    trainer = _trainer(fp_epochs, [], root)
+    start = time.perf_counter()
+    trainer.fit(fp, data)
+    fp_acc = _test_acc(trainer, fp, data)
+    fp_row = {"run": "float pretrained", "epochs": fp_epochs, "test_acc": fp_acc}
+    fp_row["seconds"] = round(time.perf_counter() - start, 1)
+    fp_state = {k: v.detach().clone() for k, v in fp.model.state_dict().items()}
+
+    runs = [(8, "magnitude", 4), (6, "magnitude", 4), (4, "magnitude", 4)]
+    runs += [(4, "random", 4), (4, "magnitude", 1)]
+    reference = run_float(fp_state, data, 1 + len(SCHEDULE) + tail, root)
+    print(json.dumps(reference), flush=True)
+    rows = [fp_row, reference]
+    for bits, strategy, candidates in runs:
+        row = run_ioiq(fp_state, data, bits, strategy, candidates, tail, root)
+        row["run"] = f"ioiq int{bits} {strategy} c{candidates}"
+        row["drop_vs_float"] = round(reference["test_acc"] - row["test_acc"], 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {"quick": quick, "schedule": list(SCHEDULE), "runs": rows}
+    (RESULTS / "ioiq.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'run':32s} {'test acc':>8s} {'drop':>7s}")
+    for row in rows:
+        print(f"{row['run']:32s} {row['test_acc']:8.4f} {row.get('drop_vs_float', 0.0):7.4f}")
+    _plot(rows, RESULTS / "ioiq.png", quick)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, quick: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.barh([r["run"] for r in rows], [100 * r["test_acc"] for r in rows])
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("IOIQ, ResNet-20 / Fashion-MNIST" + (" (quick smoke test)" if quick else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
