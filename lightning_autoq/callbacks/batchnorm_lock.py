@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_autoq.callbacks.incremental import _check_epoch, _target
+from lightning_autoq.callbacks.arguments import check_epoch, target_module
 from lightning_autoq.export.fold import find_bn_pairs
 from lightning_autoq.nn import QuantLayer
 
@@ -40,7 +40,7 @@ class BatchNormLock(L.Callback):
     """
 
     def __init__(self, lock_epoch: int = 0, module_name: str | None = None) -> None:
-        self.lock_epoch = _check_epoch("lock_epoch", lock_epoch, 0)
+        self.lock_epoch = check_epoch("lock_epoch", lock_epoch, 0)
         self.module_name = module_name
 
     @property
@@ -49,11 +49,11 @@ class BatchNormLock(L.Callback):
 
     def paired_layers(self, pl_module: L.LightningModule) -> list[QuantLayer]:
         """The layers paired with a batch norm (after ``setup``)."""
-        model = _target(pl_module, self.module_name)
+        model = target_module(pl_module, self.module_name)
         return [m for m in model.modules() if isinstance(m, QuantLayer) and m.batchnorm]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        model: nn.Module = _target(pl_module, self.module_name)
+        model: nn.Module = target_module(pl_module, self.module_name)
         pairs = find_bn_pairs(model)
         if not pairs:
             raise ValueError(

@@ -7,8 +7,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
-from torch import nn
 
+from lightning_autoq.callbacks.arguments import check_epoch, target_module
 from lightning_autoq.convert import quantized_layers
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.quant.incremental import MASK_STRATEGIES, IncrementalWeight, MaskStrategy
@@ -21,24 +21,6 @@ def _check_fraction(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"{where}={value!r} is not allowed; allowed: a number in [0, 1]")
     return float(value)
-
-
-def _check_epoch(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {minimum}")
-    return value
-
-
-def _target(pl_module: L.LightningModule, module_name: str | None) -> nn.Module:
-    if module_name is None:
-        return pl_module
-    try:
-        return pl_module.get_submodule(module_name)
-    except AttributeError:
-        children = ", ".join(n for n, _ in pl_module.named_children())
-        raise ValueError(
-            f"module_name={module_name!r} is not a submodule; children: {children}"
-        ) from None
 
 
 class IncrementalQuantization(L.Callback):
@@ -101,8 +83,8 @@ class IncrementalQuantization(L.Callback):
                     )
             self.schedule = tuple(fractions)
         self.strategy = strategy
-        self.start_epoch = _check_epoch("start_epoch", start_epoch, 0)
-        self.epochs_per_step = _check_epoch("epochs_per_step", epochs_per_step, 1)
+        self.start_epoch = check_epoch("start_epoch", start_epoch, 0)
+        self.epochs_per_step = check_epoch("epochs_per_step", epochs_per_step, 1)
         self.seed = int(seed)
         self.module_name = module_name
         self._last: tuple[int, float] | None = None
@@ -130,7 +112,7 @@ class IncrementalQuantization(L.Callback):
 
     def layers(self, pl_module: L.LightningModule) -> list[tuple[str, QuantLayer]]:
         """The quantized layers this callback manages."""
-        return quantized_layers(_target(pl_module, self.module_name))
+        return quantized_layers(target_module(pl_module, self.module_name))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         layers = self.layers(pl_module)

@@ -8,6 +8,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lightning_autoq.callbacks.arguments import target_module
 from lightning_autoq.convert import (
     QuantPolicy,
     convert,
@@ -49,16 +50,8 @@ class Quantize(L.Callback):
         return self._generate_state_key(module_name=self.module_name)
 
     def target(self, pl_module: L.LightningModule) -> nn.Module:
-        """The module this callback quantizes."""
-        if self.module_name is None:
-            return pl_module
-        try:
-            return pl_module.get_submodule(self.module_name)
-        except AttributeError:
-            children = ", ".join(n for n, _ in pl_module.named_children())
-            raise ValueError(
-                f"module_name={self.module_name!r} is not a submodule; children: {children}"
-            ) from None
+        """The module this callback acts on."""
+        return target_module(pl_module, self.module_name)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         model = self.target(pl_module)

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lightning_autoq.callbacks.arguments import target_module
 from lightning_autoq.convert import QuantPolicy, layer_configs, quantized_layers
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.quant import AUTOQNN_SCHEMES, Quantizer, available_schemes, scheme_class
@@ -165,16 +166,8 @@ class SchemeSearch(L.Callback):
 
     # ------------------------------------------------------------------ structure
     def target(self, pl_module: L.LightningModule) -> nn.Module:
-        """The module whose quantized layers are searched."""
-        if self.module_name is None:
-            return pl_module
-        try:
-            return pl_module.get_submodule(self.module_name)
-        except AttributeError:
-            children = ", ".join(n for n, _ in pl_module.named_children())
-            raise ValueError(
-                f"module_name={self.module_name!r} is not a submodule; children: {children}"
-            ) from None
+        """The module this callback acts on."""
+        return target_module(pl_module, self.module_name)
 
     def thetas(self) -> list[nn.Parameter]:
         """The distinct logit parameters (shared ones once)."""
