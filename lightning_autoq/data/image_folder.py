@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import find_classes
 
-from lightning_autoq.data.loading import make_loader
+from lightning_autoq.data.loading import SplitLoaders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +36,7 @@ def eval_transform(image_size: int) -> transforms.Compose:
     )
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitLoaders, L.LightningDataModule):
     """Train, validation and optional test sets read by torchvision's ``ImageFolder``.
 
     Args:
@@ -94,24 +93,3 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.test_set = (
             datasets.ImageFolder(self.test_dir, evaluate) if self.test_dir else self.val_set
         )
-
-    def _loader(self, dataset: datasets.ImageFolder | None, shuffle: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            shuffle=shuffle,
-            owner=type(self).__name__,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)

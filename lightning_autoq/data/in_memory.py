@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_autoq.data.augment import random_crop_flip
-from lightning_autoq.data.loading import make_loader
+from lightning_autoq.data.loading import SplitLoaders
 
 
 class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -55,7 +55,7 @@ class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):
         return list(zip(images.unbind(0), self.labels[index].unbind(0), strict=True))
 
 
-class InMemoryImageDataModule(L.LightningDataModule):
+class InMemoryImageDataModule(SplitLoaders, L.LightningDataModule):
     """Base for datasets small enough to keep in memory: split, subsets, loaders, augmentation.
 
     Subclasses set the class attributes and implement :meth:`load`. The validation set is a
@@ -151,28 +151,10 @@ class InMemoryImageDataModule(L.LightningDataModule):
             raise ValueError(f"{name}={size} is larger than the {len(index)} images available")
         return index[:size]
 
-    def _loader(self, dataset: TensorImageDataset | None, shuffle: bool) -> DataLoader:
-        return make_loader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            shuffle=shuffle,
-            owner=type(self).__name__,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         if self.val_size == 0:
             return []
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return super().val_dataloader()
 
     @property
     def fill(self) -> tuple[float, ...]:
