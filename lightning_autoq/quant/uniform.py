@@ -1,6 +1,6 @@
 """Uniform grids and their fused fake-quantization.
 
-Five schemes (uL2Q, clip, zoom, fixed point, INT-SE, LSQ) share one shape of level set:
+Six schemes (uL2Q, clip, zoom, fixed point, INT-SE, LSQ) share one shape of level set:
 ``offset + step * (k + shift)`` for integer codes ``k`` in ``[lo, hi]`` (``shift`` is 1/2 for
 mid-rise grids). :func:`uniform_fake_quant` quantizes onto such a grid in one autograd node
 that computes the input gradient (STE, optionally clipped to the grid, times a ratio) and the
