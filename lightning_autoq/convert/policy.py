@@ -145,8 +145,9 @@ class QuantPolicy:
         edges = {names[0], names[-1]}
         patterns = [k for k in self.overrides if k.startswith(PATTERN_PREFIX)]
         exact = [k for k in self.overrides if not k.startswith(PATTERN_PREFIX)]
-        _check_matches([*patterns, *exact, *self.exclude], names)
-        excluded = {n for key in self.exclude for n in _matching(key, names)}
+        matches = {key: set(_matching(key, names)) for key in [*patterns, *exact, *self.exclude]}
+        _check_matches(matches, names)
+        excluded = {n for key in self.exclude for n in matches[key]}
         for name in names:
             if name in excluded:
                 configs[name] = None
@@ -157,7 +158,7 @@ class QuantPolicy:
                 if self.default.act_bits is not None:
                     changes["act_bits"] = self.first_last_bits
             for key in [*patterns, *exact]:
-                if name in _matching(key, names):
+                if name in matches[key]:
                     changes.update(self.overrides[key])
             try:
                 configs[name] = self.default.replace(**changes)
@@ -263,10 +264,9 @@ def _matching(key: str, names: Sequence[str]) -> list[str]:
     return [n for n in names if pattern.fullmatch(n)]
 
 
-def _check_matches(keys: Sequence[str], names: Sequence[str]) -> None:
-    for key in keys:
-        if not _matching(key, names):
-            shown = ", ".join(names[:12]) + (
-                f", ... ({len(names)} in all)" if len(names) > 12 else ""
-            )
+def _check_matches(matches: Mapping[str, set[str]], names: Sequence[str]) -> None:
+    for key, matched in matches.items():
+        if not matched:
+            more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            shown = ", ".join(names[:12]) + more
             raise ValueError(f"policy key {key!r} matches no quantizable layer; layers: {shown}")
