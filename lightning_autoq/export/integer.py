@@ -1,0 +1,138 @@
+"""Integer-only export: fold batch norm, lower to integers, check bit-exactness.
+
+IOIQ (Yang et al. 2023) exports a model whose inference has no floating point: integer
+weights and activations, int32 accumulation, and a rounding right shift with saturation
+between layers. :func:`export_integer` does that for a fake-quantized model with
+power-of-two scales and checks that the integer program computes exactly what the
+fake-quantized model computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_autoq.export.fold import find_bn_pairs
+from lightning_autoq.export.lowering import ExportError, Lowering
+from lightning_autoq.nn import QuantLayer
+from lightning_autoq.runtime import IntegerModel
+
+
+def lock_for_export(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every foldable batch norm folded and locked.
+
+    This copy is the fake-quantized reference the integer model matches bit for bit; the
+    original model is left unchanged. Quantized layers that are already paired (by
+    :class:`~lightning_autoq.callbacks.BatchNormLock`) keep their pairing.
+
+    Raises:
+        ExportError: ``model`` has no quantized layer, or one whose input quantizer has seen
+            no data.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLayer)]
+    if not layers:
+        raise ExportError(
+            f"{type(model).__name__} has no quantized layer; convert it (Quantize callback or "
+            "lightning_autoq.convert) before export"
+        )
+    for name, layer in layers:
+        act = layer.act_quant
+        if act is not None and act.stateful and not bool(act.initialized):
+            raise ExportError(
+                f"layer {name!r}: its input quantizer has seen no data; train or calibrate "
+                "(run a few batches through the model) before export"
+            )
+    locked = copy.deepcopy(model).eval()
+    try:
+        pairs = find_bn_pairs(locked)
+    except ValueError as err:
+        raise ExportError(
+            str(err).replace("to find conv -> BatchNorm pairs", "for export")
+        ) from err
+    for layer_name, bn_name in pairs:
+        layer = locked.get_submodule(layer_name)
+        layer.attach_batchnorm(locked.get_submodule(bn_name))  # type: ignore[operator]
+        layer.bn_locked.fill_(True)  # type: ignore[union-attr]
+    return locked
+
+
+@dataclass(frozen=True)
+class ExactnessReport:
+    """How the integer model's outputs compare with the fake-quantized model's."""
+
+    elements: int
+    mismatches: int
+    max_code_difference: int
+
+    @property
+    def exact(self) -> bool:
+        return self.mismatches == 0
+
+
+def compare_with_simulation(
+    simulation: nn.Module, integer_model: IntegerModel, x: Tensor
+) -> ExactnessReport:
+    """Run both models on ``x`` and count output codes that differ (zero tolerance).
+
+    The simulation's output divided by ``2**output_exponent`` must be exactly the integer
+    output; a non-integral quotient counts as a mismatch.
+    """
+    with torch.no_grad():
+        reference = simulation.eval()(x).double() * 2.0 ** (-integer_model.output_exponent)
+    got = integer_model(integer_model.quantize_input(x)).double()
+    diff = (reference - got).abs()
+    return ExactnessReport(
+        elements=int(diff.numel()),
+        mismatches=int((diff != 0).sum()),
+        max_code_difference=int(torch.ceil(diff.max()).item()) if diff.numel() else 0,
+    )
+
+
+def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) -> IntegerModel:
+    """The integer-only model of a fake-quantized ``model`` with power-of-two scales.
+
+    Batch norms that follow a quantized conv/linear are folded (see :func:`lock_for_export`);
+    weights become integer codes; each quantized layer's input becomes
+    ``sat(round_shift(acc, s_in - s_acc))``; residual adds align exponents by left shifts;
+    average pooling's division is folded into the next requantization; the logits are
+    integers with one exponent. Every value is bounded over the input range, and export
+    fails if any could overflow int32 (``program.report`` lists the accumulator bits).
+
+    Args:
+        model: the fake-quantized model (not changed).
+        example_input: a float batch, used to trace shapes and, with ``check``, to verify
+            that the integer model's logits equal the fake-quantized model's exactly.
+        check: run that check and raise if any output differs.
+
+    Raises:
+        ExportError: a layer or operation has no integer form (the message names it and
+            what is supported), an accumulator could overflow, or the check fails.
+
+    Example:
+        >>> integer_model = export_integer(quantized_model, images[:8])  # doctest: +SKIP
+        >>> logits = integer_model(integer_model.quantize_input(images))  # doctest: +SKIP
+    """
+    simulation = lock_for_export(model)
+    program = Lowering(simulation, example_input).run()
+    integer_model = IntegerModel(program)
+    if check:
+        report = compare_with_simulation(simulation, integer_model, example_input)
+        if not report.exact:
+            raise ExportError(
+                f"the integer model differs from the fake-quantized model in "
+                f"{report.mismatches} of {report.elements} outputs (up to "
+                f"{report.max_code_difference} codes); please report this with the model"
+            )
+    return integer_model
+
+
+__all__ = [
+    "ExactnessReport",
+    "ExportError",
+    "compare_with_simulation",
+    "export_integer",
+    "lock_for_export",
+]
