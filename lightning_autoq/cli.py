@@ -6,9 +6,14 @@ e.g. ``--trainer.max_epochs 2 --data.train_subset 5000``. The model is always an
 ``ImageClassifier`` whose ``model.model`` is any ``nn.Module`` given by ``class_path``; the
 data is any ``LightningDataModule`` given by ``class_path``; quantization and the rest of
 the pipeline are ``trainer.callbacks``.
+
+``autoq export -c RECIPE --ckpt_path CKPT`` writes the integer-only model of a checkpoint and
+``autoq run-integer FILE -c RECIPE`` evaluates it (:mod:`lightning_autoq.integer_commands`).
 """
 
 from __future__ import annotations
+
+import sys
 
 import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningCLI
@@ -39,7 +44,17 @@ def create_cli(
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of ``autoq`` and ``python -m lightning_autoq``."""
+    """Entry point of ``autoq`` and ``python -m lightning_autoq``.
+
+    ``export`` and ``run-integer`` are this package's commands (see
+    :mod:`lightning_autoq.integer_commands`); everything else goes to LightningCLI.
+    """
+    argv = list(sys.argv[1:] if args is None else args)  # type: ignore[arg-type]
+    if argv and argv[0] in ("export", "run-integer"):
+        from lightning_autoq.integer_commands import COMMANDS
+
+        COMMANDS[argv[0]](argv[1:])
+        return
     create_cli(args)
 
 

@@ -2,7 +2,8 @@
 
 from lightning_autoq.callbacks.batchnorm_lock import BatchNormLock
 from lightning_autoq.callbacks.incremental import IncrementalQuantization
+from lightning_autoq.callbacks.integer_export import IntegerExport
 from lightning_autoq.callbacks.quantize import Quantize
 from lightning_autoq.callbacks.scheme_search import SchemeSearch
 
-__all__ = ["BatchNormLock", "IncrementalQuantization", "Quantize", "SchemeSearch"]
+__all__ = ["BatchNormLock", "IncrementalQuantization", "IntegerExport", "Quantize", "SchemeSearch"]

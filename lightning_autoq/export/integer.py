@@ -59,6 +59,12 @@ def lock_for_export(model: nn.Module) -> nn.Module:
     return locked
 
 
+def lower(simulation: nn.Module, example_input: Tensor) -> IntegerModel:
+    """The integer model of ``simulation`` (a :func:`lock_for_export` copy, moved to CPU)."""
+    simulation.cpu()
+    return IntegerModel(Lowering(simulation, example_input.cpu()).run())
+
+
 @dataclass(frozen=True)
 class ExactnessReport:
     """How the integer model's outputs compare with the fake-quantized model's."""
@@ -80,6 +86,7 @@ def compare_with_simulation(
     The simulation's output divided by ``2**output_exponent`` must be exactly the integer
     output; a non-integral quotient counts as a mismatch.
     """
+    x = x.cpu()
     with torch.no_grad():
         reference = simulation.eval()(x).double() * 2.0 ** (-integer_model.output_exponent)
     got = integer_model(integer_model.quantize_input(x)).double()
@@ -116,10 +123,9 @@ def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) 
         >>> logits = integer_model(integer_model.quantize_input(images))  # doctest: +SKIP
     """
     simulation = lock_for_export(model)
-    program = Lowering(simulation, example_input).run()
-    integer_model = IntegerModel(program)
+    integer_model = lower(simulation, example_input)
     if check:
-        report = compare_with_simulation(simulation, integer_model, example_input)
+        report = compare_with_simulation(simulation, integer_model, example_input.cpu())
         if not report.exact:
             raise ExportError(
                 f"the integer model differs from the fake-quantized model in "
@@ -135,4 +141,5 @@ __all__ = [
     "compare_with_simulation",
     "export_integer",
     "lock_for_export",
+    "lower",
 ]
