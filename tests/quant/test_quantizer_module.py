@@ -425,7 +425,7 @@ def test_bad_range_mode():
 @pytest.mark.parametrize("name", NOT_LEARNABLE)
 @pytest.mark.parametrize("kind", ["weight", "activation"])
 def test_learned_range_for_scheme_without_learnable_parameter(name, kind):
-    assert name in ("fixed_point", "residual_binary", "int_se")
+    assert name in ("fixed_point", "residual_binary", "int_se", "dorefa", "lq_nets")
     allowed = "dynamic" if kind == "weight" else "running"
     _raises(
         ["'learned'", allowed, repr(name)],

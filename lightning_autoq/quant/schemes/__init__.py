@@ -2,10 +2,16 @@
 
 from lightning_autoq.quant.schemes import (  # noqa: F401  (registration side effect)
     affine,
+    apot,
     binary,
+    dorefa,
     exponent,
     gaussian,
+    lq_nets,
     lsq,
+    lsq_plus,
+    n2uq,
+    pact,
     power_of_two,
 )
 from lightning_autoq.quant.schemes.base import (
