@@ -10,16 +10,19 @@ from torch import Tensor, nn
 
 from lightning_autoq.quant.functional import BACKWARD_MODES, Backward, attach_gradient, grad_scale
 from lightning_autoq.quant.schemes import Params, make_scheme
-from lightning_autoq.quant.schemes.base import UniformScheme
+from lightning_autoq.quant.schemes.base import Scheme, UniformScheme
 from lightning_autoq.quant.uniform import uniform_fake_quant
 
 Kind = Literal["weight", "activation"]
 RangeMode = Literal["dynamic", "running", "learned"]
+QuantizerBackward = Literal["ste", "clipped", "scheme"]
 KINDS: tuple[str, ...] = ("weight", "activation")
 RANGE_MODES: dict[str, tuple[str, ...]] = {
     "weight": ("dynamic", "learned"),
     "activation": ("running", "learned"),
 }
+#: The scheme's own input gradient (schemes with ``differentiable_input``).
+SCHEME_BACKWARD = "scheme"
 _AUTO, _UNSIGNED, _SIGNED = -1, 0, 1
 
 
@@ -29,16 +32,26 @@ class Quantizer(nn.Module):
     Where the scheme's parameters come from (``range_mode``):
 
     * ``"dynamic"`` (weights' default): recomputed from the tensor at every call.
-    * ``"running"`` (activations' default): an exponential moving average of the batch
-      statistics (``ema_decay`` 0.9), updated in training and used in train and eval; the
-      first batch initialises it, in eval too (calibration).
+    * ``"running"`` (activations' default; weights' for schemes with ``running_weights``,
+      LQ-Nets): an exponential moving average (``ema_decay`` 0.9) towards the scheme's
+      :meth:`~lightning_autoq.quant.schemes.base.Scheme.refine` of the batch, updated in
+      training and used as-is in eval; the first batch initialises it, in eval too
+      (calibration). A weight's running parameters move only in training forwards with
+      autograd on (one per step), so no-grad passes (BN re-estimation, callbacks reading the
+      levels) leave them alone.
     * ``"learned"``: the scheme's learnable parameters (a step, a range) are
       ``nn.Parameter``\\ s initialised from the first batch, their gradient scaled by
-      ``1 / sqrt(N Q_P)`` as in LSQ; the others stay dynamic or running.
+      ``1 / sqrt(N Q_P)`` as in LSQ unless the scheme sets ``lsq_grad_scale = False`` (PACT,
+      APoT, N2UQ: the paper's gradient); the others stay dynamic or running.
 
-    The input gets the scheme's surrogate gradient (``backward``, ``grad_ratio``), see
-    :func:`~lightning_autoq.quant.functional.attach_gradient`. Computation is float32 and the
-    result is cast back to the input's dtype.
+    The input gradient (``backward``): ``"ste"`` or ``"clipped"`` attach a surrogate gradient
+    to a detached input (see :func:`~lightning_autoq.quant.functional.attach_gradient`);
+    ``"scheme"`` (the default of schemes with ``differentiable_input``: PACT, DoReFa, APoT,
+    N2UQ) hands the scheme the live input, so its paper's gradient reaches it (DoReFa's
+    through ``tanh`` and the normaliser, APoT's ``1 / std``, N2UQ's interval slopes), and
+    dynamic parameters are estimated from the live input too. ``grad_ratio`` multiplies the
+    input gradient in every mode. Computation is float32 and the result is cast back to the
+    input's dtype.
 
     Args:
         scheme: a name from :func:`lightning_autoq.available_schemes`.
@@ -49,7 +62,9 @@ class Quantizer(nn.Module):
         channels: number of channels for per-channel parameters (weights only); None = per tensor.
         channel_axis: the channel dimension of the weight (0; 1 for transposed convolutions).
         range_mode: see above; None picks the default for ``kind`` and the scheme.
-        backward: ``"ste"`` or ``"clipped"``; None takes the scheme's default.
+        backward: ``"ste"``, ``"clipped"`` or ``"scheme"`` (schemes with
+            ``differentiable_input`` only); None: ``"scheme"`` where allowed, else the
+            scheme's ``default_backward``.
         grad_ratio: factor on the input gradient (AutoQNN's piecewise-linear ratio ``g``).
         ema_decay: decay of the running statistics.
         **scheme_options: extra scheme arguments (e.g. ``candidates`` of ``int_se``).
@@ -70,7 +85,7 @@ class Quantizer(nn.Module):
         channels: int | None = None,
         channel_axis: int = 0,
         range_mode: RangeMode | None = None,
-        backward: Backward | None = None,
+        backward: QuantizerBackward | Backward | None = None,
         grad_ratio: float = 1.0,
         ema_decay: float = 0.9,
         **scheme_options: object,
@@ -80,13 +95,14 @@ class Quantizer(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} is not allowed; allowed: {', '.join(KINDS)}")
         self.kind = kind
+        modes = range_modes(self.scheme, kind)
         if range_mode is None:
-            default = "dynamic" if kind == "weight" else "running"
+            default = "running" if "running" in modes else "dynamic"
             range_mode = "learned" if self.scheme.needs_learned else default
-        if range_mode not in RANGE_MODES[kind]:
+        if range_mode not in modes:
             raise ValueError(
-                f"range_mode={range_mode!r} is not allowed for {kind}s; "
-                f"allowed: {', '.join(RANGE_MODES[kind])}"
+                f"range_mode={range_mode!r} is not allowed for {kind}s of scheme {scheme!r}; "
+                f"allowed: {', '.join(modes)}"
             )
         if self.scheme.needs_learned and range_mode != "learned":
             raise ValueError(
@@ -96,16 +112,22 @@ class Quantizer(nn.Module):
         if range_mode == "learned" and not self.scheme.learnable:
             raise ValueError(
                 f"range_mode='learned' is not allowed for scheme {scheme!r}, which has no "
-                f"learnable parameter; allowed: {RANGE_MODES[kind][0]!r}"
+                f"learnable parameter; allowed: "
+                f"{', '.join(repr(m) for m in modes if m != 'learned')}"
             )
         self.range_mode = range_mode
+        backwards = BACKWARD_MODES
+        if self.scheme.differentiable_input:
+            backwards = (*BACKWARD_MODES, SCHEME_BACKWARD)
         if backward is None:
-            backward = self.scheme.default_backward
-        if backward not in BACKWARD_MODES:
+            differentiable = self.scheme.differentiable_input
+            backward = SCHEME_BACKWARD if differentiable else self.scheme.default_backward
+        if backward not in backwards:
             raise ValueError(
-                f"backward={backward!r} is not allowed; allowed: {', '.join(BACKWARD_MODES)}"
+                f"backward={backward!r} is not allowed for scheme {scheme!r}; "
+                f"allowed: {', '.join(backwards)}"
             )
-        self.backward = backward
+        self.backward: str = backward
         if not grad_ratio > 0:
             raise ValueError(f"grad_ratio={grad_ratio} is not allowed; allowed: > 0")
         self.grad_ratio = float(grad_ratio)
@@ -134,7 +156,7 @@ class Quantizer(nn.Module):
             if range_mode == "learned" and name in self.scheme.learnable:
                 self.register_parameter(name, nn.Parameter(torch.ones(shape)))
                 self._learned += (name,)
-            elif kind == "activation":
+            elif kind == "activation" or range_mode == "running":
                 self.register_buffer(name, torch.zeros(shape))
                 self._running += (name,)
 
@@ -180,28 +202,46 @@ class Quantizer(nn.Module):
             per_value = x[0].numel()
         return 1.0 / math.sqrt(max(per_value, 1) * self.scheme.max_code(self.signed()))
 
+    def _moves_running(self) -> bool:
+        """Whether running parameters are updated now (weights: only with autograd on)."""
+        if not (self._running and self.training):
+            return False
+        return self.kind == "activation" or torch.is_grad_enabled()
+
     def parameters_for(self, x: Tensor) -> Params:
-        """The scheme parameters used to quantize ``x`` (updating running ones in training)."""
-        x = x.detach().float()
+        """The scheme parameters used to quantize ``x`` (updating running ones in training).
+
+        Dynamic parameters keep their gradient to ``x`` for ``backward="scheme"`` (the
+        paper's gradient through the statistics, e.g. DoReFa's ``max |tanh(x)|``); every
+        other estimate is computed from ``x.detach()``.
+        """
+        source = x.float()
+        x = source.detach()
         signed = self.signed(x)
         dims = self._reduce_dims(x)
-        estimate: Params | None = None
         first = self.stateful and not bool(self.initialized)
+        moving = not first and self._moves_running()
+        stored_names = self._learned + self._running
+        dynamic = [n for n in self.scheme.param_names() if n not in stored_names]
+        fresh: Params = {}
+        if first or moving or dynamic:
+            basis = source if dynamic and self.backward == SCHEME_BACKWARD else x
+            if moving:
+                previous = {n: self._view(getattr(self, n), x) for n in self._running}
+                fresh = self.scheme.refine(basis, previous, signed, dims)
+            else:
+                fresh = self.scheme.estimate(basis, signed, dims)
         params: Params = {}
         for name in self.scheme.param_names():
-            if name in self._learned or name in self._running:
-                if first or (name in self._running and self.training):
-                    if estimate is None:
-                        estimate = self.scheme.estimate(x, signed, dims)
-                    self._update(name, estimate[name], first)
-                stored = getattr(self, name)
-                if name in self._learned:
-                    stored = grad_scale(stored, self._grad_scale(x))
-                params[name] = self._view(stored, x)
-            else:
-                if estimate is None:
-                    estimate = self.scheme.estimate(x, signed, dims)
-                params[name] = estimate[name]
+            if name not in stored_names:
+                params[name] = fresh[name]
+                continue
+            if first or (moving and name in self._running):
+                self._update(name, fresh[name], first)
+            stored = getattr(self, name)
+            if name in self._learned and self.scheme.lsq_grad_scale:
+                stored = grad_scale(stored, self._grad_scale(x))
+            params[name] = self._view(stored, x)
         if first:
             self.initialized.fill_(True)
         return params
@@ -218,6 +258,12 @@ class Quantizer(nn.Module):
     def forward(self, x: Tensor | None) -> Tensor | None:
         if x is None:
             return None
+        if self.backward == SCHEME_BACKWARD:  # the scheme's own gradient to the live input
+            source = x.float()
+            if self.grad_ratio != 1.0:
+                source = grad_scale(source, self.grad_ratio)
+            params = self.parameters_for(source)
+            return self.scheme.quantize(source, params, self.signed()).to(x.dtype)
         params = self.parameters_for(x)
         signed = self.signed()
         if isinstance(self.scheme, UniformScheme):  # one fused node for value and gradients
@@ -238,3 +284,11 @@ class Quantizer(nn.Module):
         parts.append("per_tensor" if self.channels is None else f"channels={self.channels}")
         parts.append(f"range={self.range_mode}")
         return ", ".join(parts)
+
+
+def range_modes(scheme: Scheme, kind: str) -> tuple[str, ...]:
+    """The ``range_mode`` values allowed for ``kind`` tensors of ``scheme``."""
+    modes = RANGE_MODES[kind]
+    if kind == "weight" and scheme.running_weights:
+        modes = ("dynamic", "running", "learned")
+    return modes

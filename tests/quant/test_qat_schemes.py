@@ -50,16 +50,39 @@ def test_pact_forward_and_alpha_gradient_match_the_paper():
     torch.testing.assert_close(x.grad, g * inside)
 
 
-def test_pact_alpha_gradient_through_the_quantizer_module_is_the_paper_times_lsq_scale():
+def test_pact_gradients_through_the_quantizer_module_are_the_papers_unscaled():
     q = Quantizer("pact", 3, kind="activation", signed=False)
-    x = torch.rand(4, 6) * 3
-    q(x)
+    assert q.backward == "scheme"
+    x0 = torch.rand(4, 6) * 3
+    q(x0)
     with torch.no_grad():
         q.alpha.fill_(1.5)
+    x = x0.clone()
+    x[0, :3] = torch.tensor([1.5, -0.2, 0.0])  # the clip's edges: x == alpha, x < 0, x == 0
+    x.requires_grad_(True)
     g = _upstream(x.shape)
     q(x).backward(g)
-    expected = (g * (x >= 1.5)).sum() * q._grad_scale(x)
-    torch.testing.assert_close(q.alpha.grad, expected)
+    # PACT eq. 3: dq/dalpha = 1 where x >= alpha, no LSQ factor; dq/dx = 1 on [0, alpha).
+    clipped = x.detach() >= 1.5
+    assert 0 < int(clipped.sum()) < x.numel()
+    torch.testing.assert_close(q.alpha.grad, (g * clipped).sum(), rtol=1e-6, atol=0)
+    inside = (x.detach() >= 0) & ~clipped
+    assert torch.equal(x.grad, g * inside)
+    assert x.grad[0, 0] == 0 and x.grad[0, 1] == 0 and x.grad[0, 2] == g[0, 2]
+
+
+def test_pact_grad_ratio_scales_only_the_input_gradient():
+    grads = []
+    for ratio in (1.0, 0.25):
+        q = Quantizer("pact", 2, kind="activation", signed=False, grad_ratio=ratio)
+        x = (torch.arange(12.0) / 4).requires_grad_(True)
+        q(x)
+        with torch.no_grad():
+            q.alpha.fill_(2.0)
+        q(x).backward(_upstream(x.shape))
+        grads.append((x.grad.clone(), q.alpha.grad.clone()))
+    torch.testing.assert_close(grads[1][0], 0.25 * grads[0][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=0, atol=0)
 
 
 def test_pact_signed_clips_symmetrically():
@@ -95,6 +118,34 @@ def test_dorefa_activations_clip_at_one():
     torch.testing.assert_close(
         scheme.levels(params, False).reshape(-1), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
     )
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_dorefa_weight_input_gradient_is_autograd_of_eq9(channels):
+    q = Quantizer("dorefa", 3, kind="weight", channels=channels)
+    assert q.backward == "scheme"
+    w = (torch.randn(3, 2, 4) * torch.tensor([0.05, 0.5, 2.0]).view(3, 1, 1)).requires_grad_(True)
+    g = _upstream(w.shape)
+    out = q(w)
+    out.backward(g)
+    # Eq. 9 in float64, STE through quantize_k only: d/dw of 2 t - 1 with
+    # t = tanh(w) / (2 max|tanh(w)|) + 1/2, the max differentiated too (the authors' code).
+    ref = w.detach().double().requires_grad_(True)
+    dims = (0, 1, 2) if channels is None else (1, 2)
+    t = torch.tanh(ref) / (2 * torch.tanh(ref).abs().amax(dim=dims, keepdim=True)) + 0.5
+    torch.testing.assert_close(out.detach().double(), 2 * torch.round(7 * t.detach()) / 7 - 1)
+    ((2 * t - 1) * g.double()).sum().backward()
+    torch.testing.assert_close(w.grad.double(), ref.grad, rtol=1e-5, atol=1e-6)
+    # ... which is not the straight-through gradient the quantizer used to attach.
+    assert not torch.allclose(w.grad, g, rtol=0.05)
+
+
+def test_dorefa_activation_input_gradient_is_one_inside_zero_one():
+    q = Quantizer("dorefa", 2, kind="activation", signed=False)
+    x = torch.tensor([-0.5, -0.001, 0.001, 0.3, 0.7, 0.999, 1.001, 1.4], requires_grad=True)
+    g = _upstream(x.shape)
+    q(x).backward(g)
+    assert torch.equal(x.grad, g * torch.tensor([0.0, 0, 1, 1, 1, 1, 0, 0]))
 
 
 # -------------------------------------------------------------------------------- APoT
@@ -136,6 +187,30 @@ def test_apot_levels_and_rcf_gradient():
     proj = q.detach() / 2
     rcf = torch.where(x.abs() > 2, torch.sign(x), proj - u)  # APoT eq. 7
     torch.testing.assert_close(alpha.grad, (g * rcf).sum())
+
+
+def test_apot_weight_gradients_through_the_quantizer_are_the_papers():
+    q = Quantizer("apot", 3, kind="weight")
+    w0 = torch.randn(48) * 0.05 + 0.2
+    w0[0] = 0.9  # beyond mean + 3 std: clipped
+    q(w0)
+    with torch.no_grad():
+        q.alpha.fill_(2.5)
+    w = w0.clone().requires_grad_(True)
+    g = _upstream(w.shape)
+    out = q(w)
+    out.backward(g)
+    mean, sd = w0.mean(), w0.std(correction=0)
+    z = (w0 - mean) / sd
+    inside = z.abs() <= 2.5
+    assert not inside[0] and inside.sum() > 40
+    # Input: 1 / std through the normalisation inside the clip, 0 outside.
+    torch.testing.assert_close(w.grad, torch.where(inside, g / sd, torch.zeros_like(g)))
+    # alpha: the RCF gradient (eq. 7), Pi(u) - u inside and sign(z) outside, unscaled.
+    u = (z / 2.5).clamp(-1, 1)
+    proj = out.detach() / 2.5
+    rcf = torch.where(inside, proj - u, torch.sign(z))
+    torch.testing.assert_close(q.alpha.grad, (g * rcf).sum(), rtol=1e-4, atol=1e-5)
 
 
 def test_apot_normalises_weights():
@@ -185,14 +260,66 @@ def test_lq_nets_estimate_is_a_qem_fixed_point_and_beats_the_uniform_start():
     )
 
 
-def test_lq_nets_activation_basis_is_a_moving_average():
+def _qem_step(x: torch.Tensor, basis: torch.Tensor, signed: bool) -> torch.Tensor:
+    """One QEM round written out per group (row of ``x``): the codes of the nearest levels
+    ``v^T e`` under ``basis`` (rows), then ``v* = argmin ||x - B v||`` by ``lstsq`` (float64)."""
+    bits = basis.shape[1]
+    codes = code_matrix(bits, signed, x).double()  # (2^K, K)
+    out = []
+    for row, v in zip(x.double(), basis.double(), strict=True):
+        levels = codes @ v
+        index = (row[:, None] - levels[None, :]).abs().argmin(dim=1)
+        b = codes[index]
+        out.append(torch.linalg.lstsq(b, row[:, None]).solution.squeeze(1))
+    return torch.stack(out)
+
+
+def _basis(q: Quantizer) -> torch.Tensor:
+    """The stored basis as ``(groups, K)``."""
+    return torch.stack([getattr(q, f"basis{k}").reshape(-1) for k in range(q.bits)], dim=1)
+
+
+def test_lq_nets_activation_basis_is_a_moving_average_of_qem_steps():
     q = Quantizer("lq_nets", 2, kind="activation", signed=False)
     x1, x2 = torch.rand(8, 16), torch.rand(8, 16) * 3
     q(x1)
-    first = q.basis1.clone()
+    first = _basis(q).clone()
     q(x2)
-    est = make_scheme("lq_nets", 2).estimate(x2, False, (0, 1))["basis1"].reshape(())
-    torch.testing.assert_close(q.basis1, 0.9 * first + 0.1 * est)
+    v_star = _qem_step(x2.reshape(1, -1), first, False).float()
+    torch.testing.assert_close(_basis(q), 0.9 * first + 0.1 * v_star, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(_basis(q), first)
+
+
+def test_lq_nets_weight_basis_is_an_ema_buffer_in_training_and_fixed_in_eval():
+    q = Quantizer("lq_nets", 2, kind="weight", channels=3)
+    assert q.range_mode == "running" and "basis0" in dict(q.named_buffers())
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 4, 3, generator=g) * torch.tensor([0.1, 1.0, 3.0]).view(3, 1, 1)
+    w.requires_grad_(True)
+    q(w)  # first call: the QEM fit of estimate()
+    fitted = make_scheme("lq_nets", 2).estimate(w.detach(), True, (1, 2))
+    torch.testing.assert_close(_basis(q)[:, 1], fitted["basis1"].reshape(3), rtol=0, atol=0)
+    basis = _basis(q).clone()
+    for _ in range(3):  # training steps: w changes, the basis follows by EMA of QEM steps
+        with torch.no_grad():
+            w.add_(torch.randn(w.shape, generator=g) * 0.3)
+        out = q(w)
+        v_star = _qem_step(w.detach().reshape(3, -1), basis, True).float()
+        basis = 0.9 * basis + 0.1 * v_star
+        torch.testing.assert_close(_basis(q), basis, rtol=1e-5, atol=1e-6)
+        levels = basis_levels(list(_basis(q).unbind(1)), code_matrix(2, True, w))  # (3, 4)
+        expected, _ = nearest_codes(w.detach().reshape(3, -1), levels)
+        torch.testing.assert_close(out.detach(), expected.reshape(w.shape), rtol=0, atol=0)
+        out.sum().backward()
+        assert torch.equal(w.grad, torch.ones_like(w))  # the paper's straight-through input
+        w.grad = None
+    q.eval()
+    frozen = _basis(q).clone()
+    out = q(w * 2)
+    assert torch.equal(_basis(q), frozen)
+    levels = basis_levels(list(frozen.unbind(1)), code_matrix(2, True, w))
+    expected, _ = nearest_codes((w.detach() * 2).reshape(3, -1), levels)
+    torch.testing.assert_close(out.detach(), expected.reshape(w.shape), rtol=0, atol=0)
 
 
 # -------------------------------------------------------------------------------- LSQ+
@@ -282,6 +409,33 @@ def test_n2uq_thresholds_and_scale_get_the_gste_gradient():
             torch.testing.assert_close(
                 params[f"part{i}"].grad.double(), length_grad, rtol=1e-4, atol=1e-6
             )
+
+
+def test_n2uq_gradients_through_the_quantizer_are_the_gste_unscaled():
+    q = Quantizer("n2uq", 2, kind="activation", signed=False)
+    assert q.backward == "scheme"
+    q(torch.rand(8, 8) * 2)
+    lengths = [0.2, 0.3, 0.5]
+    with torch.no_grad():
+        q.scale.fill_(2.0)
+        for length, group in zip(lengths, part_groups(2), strict=True):
+            for i in group:
+                getattr(q, f"part{i}").fill_(length / len(group))
+    x = torch.tensor([0.1, 0.5, 0.9, 1.3, 1.9, 2.5, -0.3], requires_grad=True)
+    g = _upstream(x.shape)
+    q(x).backward(g)
+    # Input: the G-STE slope 1 / (n a_i) in interval i of u = x / c, 0 outside [0, c].
+    a = torch.tensor(lengths)
+    u = x.detach() / 2
+    interval = torch.bucketize(u, torch.tensor([0.2, 0.5]), right=True).clamp(max=2)
+    inside = (u >= 0) & (u <= 1)
+    torch.testing.assert_close(x.grad, torch.where(inside, g / (3 * a[interval]), 0 * g))
+    # Parameters: the scheme's G-STE gradient with no LSQ factor.
+    ref = _n2uq_params(2, lengths, scale=2.0)
+    make_scheme("n2uq", 2).quantize(x.detach(), ref, False).backward(g)
+    for name, p in ref.items():
+        torch.testing.assert_close(getattr(q, name).grad, p.grad, rtol=1e-6, atol=1e-7)
+    assert ref["scale"].grad.abs() > 0
 
 
 def test_n2uq_learned_parts_get_gradients_through_the_quantizer():

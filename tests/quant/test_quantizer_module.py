@@ -29,9 +29,16 @@ def _act_mode(name: str) -> str:
     return "learned" if scheme_class(name).needs_learned else "running"
 
 
+def _dynamic_weights(name: str) -> dict:
+    """``range_mode="dynamic"`` for schemes whose weights default to running parameters."""
+    return {"range_mode": "dynamic"} if scheme_class(name).running_weights else {}
+
+
 ALL = available_schemes()
 LEARNABLE = [n for n in ALL if scheme_class(n).learnable]
 NOT_LEARNABLE = [n for n in ALL if not scheme_class(n).learnable]
+DIFFERENTIABLE = [n for n in ALL if scheme_class(n).differentiable_input]
+RUNNING_WEIGHTS = [n for n in ALL if scheme_class(n).running_weights]
 
 
 def _upstream(shape: torch.Size) -> torch.Tensor:
@@ -61,7 +68,9 @@ def _check_clipped(q: Quantizer, x: torch.Tensor, ratio: float) -> torch.Tensor:
 @pytest.mark.parametrize("ratio", [1.0, 0.25])
 def test_clipped_backward_weight_dynamic(name, ratio):
     bits = _bits(name)
-    q = Quantizer(name, bits, kind="weight", backward="clipped", grad_ratio=ratio)
+    q = Quantizer(
+        name, bits, kind="weight", backward="clipped", grad_ratio=ratio, **_dynamic_weights(name)
+    )
     x = torch.randn(4, 32) * 2.0
     x[0, 0], x[0, 1] = 50.0, -50.0
     _check_clipped(q, x, ratio)
@@ -96,7 +105,7 @@ def test_ste_backward_is_ratio_everywhere(name, ratio):
 def test_forward_value_independent_of_backward_and_grad_ratio(name, kind):
     x = torch.randn(3, 5, 4)
     outputs = []
-    for backward in ("ste", "clipped"):
+    for backward in (None, "ste", "clipped"):  # None: "scheme" for differentiable_input
         for ratio in (1.0, 0.3, 2.0):
             q = Quantizer(name, _bits(name), kind=kind, backward=backward, grad_ratio=ratio)
             outputs.append(q(x.clone().requires_grad_(True)).detach())
@@ -137,7 +146,7 @@ def test_running_mode_ema_in_train_frozen_in_eval(name):
         torch.testing.assert_close(first[n], est1[n].reshape(()), rtol=0, atol=0)
     q(x2)
     second = _stored(q)
-    est2 = scheme.estimate(x2, True, dims)
+    est2 = scheme.refine(x2, first, True, dims)  # estimate(x2) but for LQ-Nets' QEM round
     for n in second:
         expected = 0.9 * first[n] + 0.1 * est2[n].reshape(())
         torch.testing.assert_close(second[n], expected, rtol=1e-6, atol=1e-7)
@@ -271,6 +280,125 @@ def test_learned_scale_moves_under_sgd():
 
 
 # --------------------------------------------------------------------------------------------
+# Scheme flags: the scheme's own input gradient, LSQ's gradient scale, running weights
+
+
+def test_every_scheme_has_the_flags_and_the_qat_schemes_set_them():
+    for name in ALL:
+        cls = scheme_class(name)
+        for flag in ("normalizes_input", "differentiable_input", "lsq_grad_scale"):
+            assert isinstance(getattr(cls, flag), bool), (name, flag)
+        assert isinstance(cls.running_weights, bool)
+    assert {"dorefa", "apot"} <= {n for n in ALL if scheme_class(n).normalizes_input}
+    assert not scheme_class("clip").normalizes_input and not scheme_class("lsq").normalizes_input
+    assert {"pact", "dorefa", "apot", "n2uq"} <= set(DIFFERENTIABLE)
+    assert "lq_nets" not in DIFFERENTIABLE and "lsq" not in DIFFERENTIABLE
+    assert {"pact", "apot", "n2uq"} <= {n for n in LEARNABLE if not scheme_class(n).lsq_grad_scale}
+    assert scheme_class("lsq").lsq_grad_scale and scheme_class("lsq_plus").lsq_grad_scale
+    assert "lq_nets" in RUNNING_WEIGHTS and "clip" not in RUNNING_WEIGHTS
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_backward_is_the_schemes_own_where_it_has_one(name):
+    q = Quantizer(name, _bits(name), kind="weight")
+    cls = scheme_class(name)
+    assert q.backward == ("scheme" if cls.differentiable_input else cls.default_backward)
+
+
+def test_scheme_backward_needs_a_differentiable_scheme():
+    _raises(["'scheme'", "'clip'", "ste", "clipped"], scheme="clip", bits=4, backward="scheme")
+    assert Quantizer("pact", 4, kind="activation", backward="scheme").backward == "scheme"
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+@pytest.mark.parametrize("kind", ["weight", "activation"])
+def test_scheme_backward_is_the_schemes_input_gradient_times_grad_ratio(name, kind):
+    bits = _bits(name)
+    x0 = torch.randn(4, 3, 5) * 1.5
+    x0[0, 0, 0] = 40.0  # far outside every range
+    grads = []
+    for ratio in (1.0, 0.25):
+        torch.manual_seed(0)
+        q = Quantizer(name, bits, kind=kind, signed=True, grad_ratio=ratio)
+        q(x0)
+        q.eval()  # the same stored parameters for the reference below
+        x = x0.clone().requires_grad_(True)
+        g = _upstream(x.shape)
+        q(x).backward(g)
+        grads.append(x.grad)
+    # Reference: the scheme's quantize on the live input, autograd, no surrogate.
+    x = x0.clone().requires_grad_(True)
+    live = Quantizer(name, bits, kind=kind, signed=True)
+    live(x0)
+    live.eval()
+    live.scheme.quantize(x, live.parameters_for(x), True).backward(_upstream(x.shape))
+    torch.testing.assert_close(grads[0], x.grad, rtol=0, atol=0)
+    torch.testing.assert_close(grads[1], 0.25 * grads[0], rtol=1e-6, atol=0)
+    assert grads[0][0, 0, 0] == 0  # the paper's gradient is zero beyond the clip
+    assert (grads[0] != 0).any()
+
+
+@pytest.mark.parametrize("name", LEARNABLE)
+@pytest.mark.parametrize("kind", ["weight", "activation"])
+def test_learned_gradient_scale_follows_the_scheme_flag(name, kind):
+    bits = _bits(name)
+    q = Quantizer(name, bits, kind=kind, range_mode="learned", signed=True)
+    x = torch.randn(4, 3, 5) * 1.5
+    q(x)
+    q.eval()
+    with torch.no_grad():
+        for p in q.parameters():  # away from the initial values (equal N2UQ intervals)
+            p.mul_(1 + 0.1 * torch.rand_like(p))
+    g = _upstream(x.shape)
+    q(x).backward(g)
+    stored = {n: p.detach() for n, p in q.parameters_for(x).items()}
+    leaves = {n: getattr(q, n).detach().clone().requires_grad_(True) for n in q._learned}
+    q.scheme.quantize(x, {**stored, **leaves}, True).backward(g)
+    factor = q._grad_scale(x) if q.scheme.lsq_grad_scale else 1.0
+    assert factor == 1.0 or factor < 0.5
+    for n, leaf in leaves.items():
+        torch.testing.assert_close(getattr(q, n).grad, leaf.grad * factor, rtol=1e-5, atol=1e-7)
+    assert any(leaf.grad.abs().sum() > 0 for leaf in leaves.values())
+
+
+@pytest.mark.parametrize("name", RUNNING_WEIGHTS)
+def test_running_weights_are_buffers_and_optional(name):
+    bits = _bits(name)
+    q = Quantizer(name, bits, kind="weight", channels=3)
+    assert q.range_mode == "running"
+    names = set(q.scheme.param_names())
+    assert names <= set(dict(q.named_buffers())) and names <= set(q.state_dict())
+    assert not dict(q.named_parameters())
+    dynamic = Quantizer(name, bits, kind="weight", range_mode="dynamic")
+    assert not names & set(dynamic.state_dict())
+    w = torch.randn(3, 8)
+    assert torch.equal(dynamic(w), dynamic.scheme.quantize(w, dynamic.parameters_for(w), True))
+
+
+def test_running_weights_move_only_in_training_steps():
+    q = Quantizer("clip", 4, kind="activation", signed=True)  # activations: any training pass
+    q(torch.randn(32))
+    before = q.scale.clone()
+    with torch.no_grad():
+        q(torch.randn(32) * 5)
+    assert not torch.equal(q.scale, before)
+    for name in RUNNING_WEIGHTS:  # weights: training passes with autograd on only
+        q = Quantizer(name, _bits(name), kind="weight")
+        w = torch.randn(6, 9)
+        q(w)
+        first = _stored(q)
+        with torch.no_grad():
+            q(w * 3)
+        assert all(torch.equal(v, first[n]) for n, v in _stored(q).items())
+        q.eval()
+        q(w * 3)
+        assert all(torch.equal(v, first[n]) for n, v in _stored(q).items())
+        q.train()
+        q(w * 3)
+        assert any(not torch.equal(v, first[n]) for n, v in _stored(q).items())
+
+
+# --------------------------------------------------------------------------------------------
 # Signedness decided from data
 
 
@@ -316,6 +444,10 @@ def _quantizer_configs() -> list:
                     id=f"{name}-w-learned-ch",
                 )
             )
+        if scheme_class(name).running_weights:
+            cases.append(
+                pytest.param(name, {"kind": "weight", "channels": 3}, id=f"{name}-w-running-ch")
+            )
     return cases
 
 
@@ -347,7 +479,7 @@ def test_per_channel_parameters_match_per_channel_estimate(name):
     bits = _bits(name)
     scales = torch.tensor([0.01, 1.0, 30.0, 500.0]).view(4, 1, 1)
     x = torch.randn(4, 3, 5) * scales + torch.tensor([0.0, 0.5, -2.0, 7.0]).view(4, 1, 1)
-    q = Quantizer(name, bits, kind="weight", channels=4)
+    q = Quantizer(name, bits, kind="weight", channels=4, **_dynamic_weights(name))
     params = q.parameters_for(x)
     est = make_scheme(name, bits).estimate(x, True, reduce_all_but(x, 0))
     for n in q.scheme.param_names():
@@ -417,6 +549,12 @@ def test_bad_kind():
 def test_bad_range_mode():
     _raises(["'sometimes'", "dynamic", "learned"], scheme="clip", bits=4, range_mode="sometimes")
     _raises(["'running'", "dynamic"], scheme="clip", bits=4, kind="weight", range_mode="running")
+    _raises(
+        ["'sometimes'", "dynamic", "running", "learned", "'lq_nets'"],
+        scheme="lq_nets",
+        bits=2,
+        range_mode="sometimes",
+    )
     _raises(
         ["'dynamic'", "running"], scheme="clip", bits=4, kind="activation", range_mode="dynamic"
     )

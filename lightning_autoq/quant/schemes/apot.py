@@ -59,10 +59,14 @@ class APoT(Scheme):
     The clip is the paper's reparameterised clipping function (RCF): ``q = alpha
     Pi(clip(x_hat / alpha))`` with ``dq/dalpha = Pi(u) - u`` inside the clip and
     ``sign(x)`` outside. ``alpha`` starts at 3 for normalised inputs (the paper's weight
-    initialisation) and at the MSE-best clip of the first batch for unsigned ones.
-    ``base_bits`` is the paper's ``k`` (2). Because of the normalisation the levels are in
-    normalised units (``normalizes_input``); :meth:`bounds` gives the unclipped input range,
-    so ``backward="clipped"`` zeroes the input gradient exactly where the paper's clip does.
+    initialisation) and at the MSE-best clip of the first batch for unsigned ones; its
+    gradient is the paper's, unscaled (``lsq_grad_scale = False``). The input gets the
+    paper's gradient (``differentiable_input``): ``1 / std`` through the normalisation
+    (the mean and std are statistics without gradient, as the authors' ``weight.data``) and
+    STE through the projection inside the clip, ``0`` outside. ``base_bits`` is the paper's
+    ``k`` (2). Because of the normalisation the levels are in normalised units
+    (``normalizes_input``); :meth:`bounds` gives the unclipped input range, so the plain
+    surrogate ``backward="clipped"`` zeroes the input gradient where the paper's clip does.
     Bits 2..8. Published CIFAR-10 ResNet-20 W2A2/W3A3/W4A4: 90.96 / 92.49 / 92.45 % (FP 92.96).
     """
 
@@ -72,6 +76,8 @@ class APoT(Scheme):
     learnable: ClassVar[tuple[str, ...]] = ("alpha",)
     needs_learned: ClassVar[bool] = True
     normalizes_input: ClassVar[bool] = True
+    differentiable_input: ClassVar[bool] = True
+    lsq_grad_scale: ClassVar[bool] = False
     base_bits: int = 2
     weight_alpha: float = 3.0
 
@@ -93,6 +99,7 @@ class APoT(Scheme):
         return torch.cat([-mags[1:].flip(0), mags]) if signed else mags
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
+        x = x.detach()  # normalisation statistics carry no gradient (the paper's weight.data)
         d = tuple(dims)
         shape = abs_max(x, d).shape
         if not signed:

@@ -37,6 +37,15 @@ class Scheme:
     default_backward: ClassVar[Backward] = "clipped"
     learnable: ClassVar[tuple[str, ...]] = ()  # parameters that may be learned by SGD
     needs_learned: ClassVar[bool] = False  # only meaningful with learned parameters (LSQ)
+    # quantize() carries the paper's own input gradient: the quantizer hands it the live input
+    # (backward="scheme") instead of attaching a straight-through gradient to a detached one.
+    differentiable_input: ClassVar[bool] = False
+    # learned parameters' gradient multiplied by LSQ's 1 / sqrt(N Q_P) (False: the paper's own)
+    lsq_grad_scale: ClassVar[bool] = True
+    # weights may keep running parameters (range_mode="running", then their default)
+    running_weights: ClassVar[bool] = False
+    # levels in normalised units, not the input's (DoReFa, APoT): no level-distance callbacks
+    normalizes_input: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         lo, hi = self.bit_range
@@ -56,8 +65,21 @@ class Scheme:
         """Parameters from the statistics of ``x``, reduced over ``dims`` (kept as size 1)."""
         raise NotImplementedError
 
+    def refine(self, x: Tensor, previous: Params, signed: bool, dims: Sequence[int]) -> Params:
+        """The estimate a running update moves towards, given the ``previous`` running values.
+
+        ``previous`` holds the stored running parameters (broadcast against ``x``). The default
+        ignores them and returns :meth:`estimate`; a scheme whose fit starts from the current
+        parameters (LQ-Nets' QEM) overrides it. Returns every name of :meth:`param_names`.
+        """
+        return self.estimate(x, signed, dims)
+
     def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
-        """Quantized values of ``x``; differentiable with respect to ``params`` (STE rounding)."""
+        """Quantized values of ``x``; differentiable with respect to ``params`` (STE rounding).
+
+        With ``differentiable_input`` it is also differentiable with respect to ``x``, with the
+        paper's input gradient.
+        """
         raise NotImplementedError
 
     def levels(self, params: Params, signed: bool) -> Tensor:

@@ -27,10 +27,12 @@ class DoReFa(Scheme):
     The weight output lives in ``[-1, 1]`` whatever the scale of ``x`` (a batch norm after
     the layer absorbs it), so it is not in the weight's own units (``normalizes_input``);
     the normaliser ``max|tanh(x)| = tanh(max|x|)`` comes from the parameter ``abs_max``,
-    recomputed for weights and a running average for signed activations. The paper's
-    gradient goes through ``tanh`` (this scheme's surrogate does, given an input with a
-    gradient); the quantizer module gives the input the straight-through gradient
-    (``backward="ste"``).
+    recomputed for weights and a running average for signed activations. The input gets the
+    paper's gradient (``differentiable_input``: STE through the rounding only): for weights
+    the derivative of ``2 t - 1`` through ``tanh`` and, the normaliser being recomputed from
+    the live weight, through ``max|tanh(x)|`` too (as the authors' code, which does not stop
+    its gradient); for activations ``1`` on ``[0, 1]``, ``0`` outside. ``backward="ste"``
+    or ``"clipped"`` replace it by a plain surrogate.
     Not idempotent (``tanh`` of a level is not a level). Bits 2..8 (the paper's 1-bit weights
     use ``E|x| sign(x)``: scheme ``binary``).
     """
@@ -40,6 +42,7 @@ class DoReFa(Scheme):
     idempotent: ClassVar[bool] = False
     default_backward: ClassVar[Backward] = "ste"
     normalizes_input: ClassVar[bool] = True
+    differentiable_input: ClassVar[bool] = True
 
     def param_names(self) -> tuple[str, ...]:
         return ("abs_max",)

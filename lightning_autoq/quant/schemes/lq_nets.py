@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from lightning_autoq.quant.functional import Backward
 from lightning_autoq.quant.schemes.base import Params, Scheme, register_scheme
 from lightning_autoq.quant.schemes.qat_common import robust_range, to_groups
 
@@ -61,17 +62,23 @@ class LQNets(Scheme):
 
     The basis is fitted by the paper's quantization error minimisation (QEM, Algorithm 1):
     alternately (1) each value takes the code of its nearest level, (2) with the codes fixed,
-    ``v = (B^T B)^-1 B^T x``, the least-squares solution. ``estimate`` runs ``iterations``
-    rounds from the uniform basis ``v_k = r 2^k / (2^K - 1)`` (``r`` a range without
-    outliers). For activations the quantizer keeps the paper's moving average of the basis
-    (``ema_decay`` 0.9, updated every training step, frozen in evaluation); weights are
-    refitted at every step (the quantizer keeps no weight state, so the paper's average over
-    steps is replaced by ``iterations`` QEM rounds on the current weights). The basis is not
-    trained by SGD (no learnable parameter). Bits 1..4 (the paper's range).
+    ``v = (B^T B)^-1 B^T x``, the least-squares solution. ``estimate`` (the first batch)
+    runs ``iterations`` rounds from the uniform basis ``v_k = r 2^k / (2^K - 1)`` (``r`` a
+    range without outliers). After that the quantizer keeps the paper's moving average of the
+    basis, for weights (``running_weights``: their default ``range_mode="running"``) and
+    activations alike: every training step :meth:`refine` runs one QEM round from the stored
+    basis ``v`` (codes of the nearest levels, then the least-squares ``v*``) and the buffer
+    moves to ``gamma v + (1 - gamma) v*`` (``ema_decay`` ``gamma`` 0.9); evaluation uses it
+    as-is. ``range_mode="dynamic"`` instead refits weights from scratch at every call. The
+    basis is not trained by SGD (no learnable parameter); the input gets the paper's plain
+    straight-through gradient (``backward="ste"``, 1 everywhere). Bits 1..4 (the paper's
+    range).
     """
 
     name: ClassVar[str] = "lq_nets"
     bit_range: ClassVar[tuple[int, int]] = (1, 4)
+    default_backward: ClassVar[Backward] = "ste"  # the paper's plain straight-through input
+    running_weights: ClassVar[bool] = True
     iterations: int = 3
 
     def __post_init__(self) -> None:
@@ -89,10 +96,24 @@ class LQNets(Scheme):
         scale = r.reshape(-1, 1) / (2**self.bits - 1)
         basis = scale * 2.0 ** torch.arange(self.bits, dtype=x.dtype, device=x.device)
         for _ in range(self.iterations):
-            levels = basis_levels(list(basis.unbind(1)), codes)
-            _, index = nearest_codes(grouped, levels)
-            basis = least_squares_basis(grouped, index, codes)
+            basis = self._qem_round(grouped, basis, codes)
         return {f"basis{k}": basis[:, k].reshape(r.shape) for k in range(self.bits)}
+
+    def refine(self, x: Tensor, previous: Params, signed: bool, dims: Sequence[int]) -> Params:
+        """``v*``: one QEM round on ``x`` from the stored basis ``previous`` (Algorithm 1)."""
+        start = self._basis(previous)
+        like = start[0]
+        grouped, _ = to_groups(x, like)
+        basis = torch.stack([b.reshape(-1) for b in start], dim=1)  # (G, K)
+        basis = self._qem_round(grouped, basis, code_matrix(self.bits, signed, x))
+        return {f"basis{k}": basis[:, k].reshape(like.shape) for k in range(self.bits)}
+
+    @staticmethod
+    def _qem_round(grouped: Tensor, basis: Tensor, codes: Tensor) -> Tensor:
+        """Codes of the nearest levels under ``basis`` ``(G, K)``, then the least-squares basis."""
+        levels = basis_levels(list(basis.unbind(1)), codes)
+        _, index = nearest_codes(grouped, levels)
+        return least_squares_basis(grouped, index, codes)
 
     def _basis(self, params: Params) -> list[Tensor]:
         return [params[f"basis{k}"] for k in range(self.bits)]

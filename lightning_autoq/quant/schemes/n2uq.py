@@ -45,9 +45,10 @@ class N2UQ(Scheme):
 
     Backward (G-STE, paper §3.2): the gradient of the expectation of stochastic rounding
     inside each interval, i.e. of the piecewise-linear ``F(u) = sum_i clip((u - d_{i-1}) /
-    a_i, 0, 1) / n``; the thresholds and ``c`` get their gradients through ``F``. The input
-    gets the quantizer's straight-through gradient (the G-STE slope ``1 / (n a_i)`` needs the
-    input inside the scheme; at initialisation, equal intervals, the two coincide).
+    a_i, 0, 1) / n``; the thresholds and ``c`` get their gradients through ``F``, unscaled
+    (``lsq_grad_scale = False``), and so does the input (``differentiable_input``): the
+    slope ``1 / (n a_i)`` in interval ``i`` (in ``x``: ``c / (n a_i c)``), ``0`` outside the
+    range.
 
     Parameters: ``scale`` (``c``, the MSE-best clip of the first batch) and ``part0..part14``
     (positive parts of the interval lengths, see :func:`part_groups`), initialised to equal
@@ -60,6 +61,8 @@ class N2UQ(Scheme):
     idempotent: ClassVar[bool] = False  # uniform outputs are not at the learned thresholds
     learnable: ClassVar[tuple[str, ...]] = ("scale", *(f"part{i}" for i in range(PARTS)))
     needs_learned: ClassVar[bool] = True
+    differentiable_input: ClassVar[bool] = True
+    lsq_grad_scale: ClassVar[bool] = False
 
     def param_names(self) -> tuple[str, ...]:
         return self.learnable

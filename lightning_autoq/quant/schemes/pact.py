@@ -21,9 +21,9 @@ class PACT(Scheme):
     ``n = 2^b - 1`` for unsigned codes (the paper's ReLU activations); signed codes clip to
     ``[-alpha, alpha]`` with ``n = 2^(b-1) - 1`` steps per side. The gradient of ``alpha`` is
     the paper's (eq. 3, STE through the rounding): ``dq/dalpha = 1`` where ``x >= alpha``
-    (``-1`` where ``x < -alpha``), ``0`` elsewhere; the input gets ``1`` inside the clip
-    (``backward="clipped"``). The quantizer multiplies every learned parameter's gradient by
-    LSQ's ``1 / sqrt(N Q_P)``.
+    (``-1`` where ``x < -alpha``), ``0`` elsewhere, unscaled (``lsq_grad_scale = False``: no
+    LSQ factor); the input gets the paper's ``dq/dx = 1`` on ``[0, alpha)`` (signed:
+    ``[-alpha, alpha)``) and ``0`` elsewhere, from this scheme (``differentiable_input``).
 
     Hyperparameters: the paper initialises ``alpha = 10`` and regularises it with an L2
     penalty (here: the optimizer's weight decay on the parameter, if the module gives it
@@ -37,6 +37,8 @@ class PACT(Scheme):
     bit_range: ClassVar[tuple[int, int]] = (2, 8)
     learnable: ClassVar[tuple[str, ...]] = ("alpha",)
     needs_learned: ClassVar[bool] = True
+    differentiable_input: ClassVar[bool] = True
+    lsq_grad_scale: ClassVar[bool] = False
     init_alpha: float | None = None
 
     def __post_init__(self) -> None:
