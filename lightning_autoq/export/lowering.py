@@ -440,6 +440,12 @@ class Lowering:
         key = (value.name, s_in, lo, hi)
         if key not in self._requants:
             shift = (s_in - value.exponent).tolist()
+            rounding = torch.exp2(torch.tensor(shift, dtype=torch.float64).clamp_min(0))
+            if float((value.bound + rounding).max()) >= 2.0**31:  # x + 2^(k-1) + 1 in int32
+                raise ExportError(
+                    f"layer {name!r}: its input rounding could overflow int32; lower the "
+                    "bit-widths of the layers before it"
+                )
             self._requants[key] = self._emit(
                 "requant",
                 (value.name,),

@@ -69,7 +69,7 @@ class IntegerModel:
 
     @staticmethod
     def _channel(values: list[int]) -> Callable[[int], Tensor]:
-        vector = torch.tensor(values, dtype=torch.int64)
+        vector = torch.tensor(values, dtype=torch.int32)  # bounds proven to fit int32
         return lambda dims: ops.channel_view(vector, dims)
 
     def _compile(self, node: Node) -> Kernel:

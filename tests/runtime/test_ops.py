@@ -61,3 +61,14 @@ def test_pooling_equals_float64() -> None:
     assert torch.equal(sums.double(), F.avg_pool2d(x.double(), (2, 4)) * 8)
     got = ops.max_pool(x, [3, 3], [2, 2], [1, 1], [1, 1])
     assert torch.equal(got.double(), F.max_pool2d(x.double(), 3, 2, 1))
+
+
+@given(
+    st.lists(st.integers(-(2**24), 2**24), min_size=4, max_size=4),
+    st.lists(st.integers(0, 10), min_size=2, max_size=2),
+)
+def test_requant_per_channel_shifts_equal_round_then_clamp(values: list[int], shifts: list[int]):
+    x = torch.tensor(values, dtype=torch.int32).reshape(2, 2)  # channels on dimension 1
+    shift = torch.tensor(shifts, dtype=torch.int32).reshape(1, 2)
+    expected = torch.round(x.double() / torch.exp2(shift.double())).clamp(-128, 127)
+    assert torch.equal(ops.requant(x, shift, 1, -128, 127).double(), expected)

@@ -1,0 +1,181 @@
+"""Integer-only inference of ResNet-20 on Fashion-MNIST: accuracy, file size and latency.
+
+    python benchmarks/integer_inference.py            # width 16: FP 3 epochs, IOIQ 2 epochs
+    python benchmarks/integer_inference.py --quick    # width 8, 4k images, 1 + 1 epochs
+
+Steps: train a float ResNet-20; fine-tune it with 8-bit INT-SE weights and activations and
+batch norm locked (Quantize + BatchNormLock); export it with IntegerExport. Reports
+test accuracy of the float, fake-quantized and integer models (the last two must be equal:
+the export is bit-exact), the file size against the packed-weight size, and the median
+latency at batch 1 and 64 of the integer runtime, float eager PyTorch and onnxruntime
+(running the float model). Writes benchmarks/results/integer_inference.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from lightning_autoq import QuantPolicy
+from lightning_autoq.callbacks import BatchNormLock, IntegerExport, Quantize
+from lightning_autoq.data import FashionMNISTDataModule
+from lightning_autoq.models import ImageClassifier, resnet20
+from lightning_autoq.runtime import IntegerModel, load, packed_size_bytes
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POLICY = QuantPolicy(default={"scheme": "int_se", "weight_bits": 8, "act_bits": 8, "bias_bits": 8})
+
+
+def trainer(epochs: int, root: Path, callbacks: list[L.Callback], limit: float) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=limit,
+        accelerator="auto",
+        devices=1,
+    )
+
+
+@torch.no_grad()
+def accuracy(predict: Any, loader: Any) -> float:
+    correct = total = 0
+    for x, y in loader:
+        correct += int((predict(x).argmax(1) == y).sum())
+        total += int(y.numel())
+    return correct / total
+
+
+def median_ms(fn: Any, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def onnx_session(model: nn.Module) -> Any:
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        torch.randn(1, 1, 28, 28),
+        buffer,
+        dynamo=False,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}},
+    )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return onnxruntime.InferenceSession(buffer.getvalue(), options)
+
+
+def latencies(float_model: nn.Module, integer_model: IntegerModel, repeats: int) -> dict:
+    session = onnx_session(float_model)
+    rows = {}
+    for batch in (1, 64):
+        x = torch.randn(batch, 1, 28, 28)
+        codes = integer_model.quantize_input(x)
+        with torch.no_grad():
+            rows[f"batch_{batch}"] = {
+                "fp32_eager_ms": median_ms(lambda x=x: float_model(x), repeats),
+                "onnxruntime_fp32_ms": median_ms(
+                    lambda x=x: session.run(None, {"x": x.numpy()}), repeats
+                ),
+                "integer_runtime_ms": median_ms(lambda c=codes: integer_model(c), repeats),
+            }
+    return rows
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    names = ["fp32_eager_ms", "onnxruntime_fp32_ms", "integer_runtime_ms"]
+    labels = ["FP32 eager", "ORT FP32", "integer runtime"]
+    for ax, batch in zip(axes, ("batch_1", "batch_64"), strict=True):
+        values = [result["latency"][batch][n] for n in names]
+        ax.bar(labels, values, color=["#888", "#58a", "#d62"])
+        ax.set_title(f"ResNet-20 latency, {batch.replace('_', ' ')}")
+        ax.set_ylabel("ms (median)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "integer_inference.json")
+    args = parser.parse_args()
+    width, fp_epochs, q_epochs, limit = (8, 1, 1, 32) if args.quick else (16, 3, 2, 1.0)
+    repeats = 10 if args.quick else 50
+    L.seed_everything(0)
+    root = Path("runs/benchmarks/integer_inference")
+    data = FashionMNISTDataModule(batch_size=128, val_size=2000, augment=False, seed=0)
+    classifier = ImageClassifier(resnet20(in_channels=1, width=width), lr=0.05, scheduler="none")
+    start = time.perf_counter()
+    trainer(fp_epochs, root / "fp", [], limit).fit(classifier, datamodule=data)
+    data.setup("test")
+    test_loader = data.test_dataloader()
+    float_model = classifier.model.cpu().eval()
+    float_acc = accuracy(float_model, test_loader)
+    float_copy = resnet20(in_channels=1, width=width)
+    float_copy.load_state_dict(float_model.state_dict())
+    float_copy.eval()
+
+    classifier = ImageClassifier(classifier.model, lr=0.01, scheduler="cosine")
+    path = root / "resnet20_int8.int.safetensors"
+    export = IntegerExport(path=str(path), check_batches=4)
+    callbacks = [Quantize(POLICY, module_name="model"), BatchNormLock(lock_epoch=0), export]
+    trainer(q_epochs, root / "int8", callbacks, limit).fit(classifier, datamodule=data)
+    train_seconds = time.perf_counter() - start
+
+    simulation = classifier.model.cpu().eval()
+    integer_model = IntegerModel(load(path))
+    fake_acc = accuracy(simulation, test_loader)
+    int_acc = accuracy(lambda x: integer_model(integer_model.quantize_input(x)), test_loader)
+    sizes = packed_size_bytes(integer_model.program)
+    result = {
+        "command": "python benchmarks/integer_inference.py" + (" --quick" if args.quick else ""),
+        "model": f"ResNet-20 width {width}, Fashion-MNIST, W8A8 INT-SE, BN folded",
+        "epochs": {"fp": fp_epochs, "int8": q_epochs},
+        "train_batches_per_epoch": limit,
+        "threads": torch.get_num_threads(),
+        "test_accuracy": {"fp32": float_acc, "fake_quant": fake_acc, "integer": int_acc},
+        "integer_equals_fake_quant": int_acc == fake_acc,
+        "file_bytes": path.stat().st_size,
+        "packed_weight_bytes": sizes["weights"],
+        "bias_bytes": sizes["other"],
+        "fp32_weight_bytes": 4 * sum(p.numel() for p in float_copy.parameters()),
+        "max_accumulator_bits": max(r["accumulator_bits"] for r in integer_model.program.report),
+        "latency": latencies(float_copy, integer_model, repeats),
+        "train_seconds": round(train_seconds, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
