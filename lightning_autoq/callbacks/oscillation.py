@@ -134,7 +134,8 @@ class OscillationDampening(_EpochSchedule):
     Args:
         weight: final ``lambda`` (ours; tune per model: the regulariser sums over weights).
         start_weight: initial ``lambda``.
-        start_epoch / end_epoch: the epochs in which the loss is applied.
+        start_epoch: first epoch in which the loss is applied.
+        end_epoch: the loss is applied before this epoch (None: until the end of training).
         schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` (``weight`` throughout).
         module_name: submodule holding the quantized layers (None: the LightningModule).
     """
@@ -208,10 +209,12 @@ class OscillationFreezing(_EpochSchedule):
     shifts the layers' outputs. The state (EMAs, frozen masks) is saved in checkpoints.
 
     Args:
-        threshold_start / threshold_end: frequency thresholds (ours; the paper tunes one
+        threshold_start: frequency threshold at ``start_epoch`` (ours; the paper tunes one
             per model, around 1-2 %).
+        threshold_end: frequency threshold at the last epoch.
         momentum: EMA momentum ``m`` (paper: 0.01).
-        start_epoch / end_epoch: epochs in which weights are tracked and frozen.
+        start_epoch: first epoch in which weights are tracked and frozen.
+        end_epoch: tracking and freezing stop before this epoch (None: end of training).
         schedule: annealing of the threshold.
         bn_batches: training batches for the BN re-estimation (0: none).
         module_name: submodule holding the quantized layers (None: the LightningModule).
