@@ -2,6 +2,7 @@
 
     python benchmarks/ioiq.py            # full: 15 float epochs, 1 + 4 + 2 epochs per IOIQ run
     python benchmarks/ioiq.py --quick    # smoke test: data subset, 1 epoch per stage
+    python benchmarks/ioiq.py --device cuda --epochs 30   # on a GPU, 30 float epochs
 
 Runs, all fine-tuned from the same float model for the same number of epochs: a float
 fine-tune (the reference for ``drop_vs_float``); IOIQ at 8, 6 and 4 bits (magnitude masks,
@@ -34,23 +35,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = (0.5, 0.75, 0.875, 1.0)
 
 
-class ExponentCandidates(L.Callback):
-    """Sets the INT-SE exponent candidates of every quantizer after ``Quantize`` ran.
-
-    A benchmark-only knob: ``LayerConfig`` has no field for scheme options yet.
-    """
-
-    def __init__(self, candidates: int) -> None:
-        self.candidates = candidates
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for _, layer in quantized_layers(pl_module):
-            for q in (layer.weight_quant, layer.act_quant, layer.bias_quant):
-                scheme = getattr(q, "scheme", None)
-                if scheme is not None and hasattr(scheme, "candidates"):
-                    scheme.candidates = self.candidates
-                if q is not None and hasattr(q, "candidates"):
-                    q.candidates = self.candidates
+DEVICES = ("auto", "cpu", "cuda")
+ACCELERATOR = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}
+_device = "auto"  # set from --device in main()
 
 
 def _trainer(epochs: int, callbacks: list[L.Callback], root: Path) -> L.Trainer:
@@ -63,9 +50,17 @@ def _trainer(epochs: int, callbacks: list[L.Callback], root: Path) -> L.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        accelerator="auto",
+        accelerator=ACCELERATOR[_device],
         devices=1,
     )
+
+
+def ioiq_policy(bits: int, candidates: int) -> QuantPolicy:
+    """INT-SE weights and inputs at ``bits`` (first and last layers 8), 8-bit INT-SE bias."""
+    config = LayerConfig(
+        "int_se", bits, bits, bias_bits=8, scheme_options={"candidates": candidates}
+    )
+    return QuantPolicy(config, first_last_bits=8)
 
 
 def _test_acc(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDataModule) -> float:
@@ -107,11 +102,8 @@ def run_ioiq(
 ) -> dict[str, Any]:
     """Fine-tune the float model with IOIQ; returns the test accuracy and settings."""
     module = _finetune_module(fp_state)
-    policy = QuantPolicy(LayerConfig("int_se", bits, bits, bias_bits=8), first_last_bits=8)
-    callbacks: list[L.Callback] = [Quantize(policy)]
-    if candidates != 4:
-        callbacks.append(ExponentCandidates(candidates))
-    callbacks += [
+    callbacks: list[L.Callback] = [
+        Quantize(ioiq_policy(bits, candidates)),
         BatchNormLock(lock_epoch=1),
         IncrementalQuantization(SCHEDULE, strategy, start_epoch=1),  # type: ignore[arg-type]
     ]
@@ -137,7 +129,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="data subset, 1 epoch per stage")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--epochs", type=int, default=None, help="float pre-training epochs")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs={args.epochs} is not allowed; allowed: >= 1")
+    global _device
+    _device = args.device
     quick = args.quick
     data = FashionMNISTDataModule(
         data_dir=args.data_dir,
@@ -150,6 +150,7 @@ def main() -> None:
     )
     root = Path("runs/benchmarks/ioiq")
     fp_epochs, tail = (2, 0) if quick else (15, 2)
+    fp_epochs = args.epochs or fp_epochs
 
     L.seed_everything(0)
     fp = ImageClassifier(resnet20(in_channels=1), lr=0.1)
@@ -159,7 +160,7 @@ def main() -> None:
     fp_acc = _test_acc(trainer, fp, data)
     fp_row = {"run": "float pretrained", "epochs": fp_epochs, "test_acc": fp_acc}
     fp_row["seconds"] = round(time.perf_counter() - start, 1)
-    fp_state = {k: v.detach().clone() for k, v in fp.model.state_dict().items()}
+    fp_state = {k: v.detach().cpu().clone() for k, v in fp.model.state_dict().items()}
 
     runs = [(8, "magnitude", 4), (6, "magnitude", 4), (4, "magnitude", 4)]
     runs += [(4, "random", 4), (4, "magnitude", 1)]
@@ -175,7 +176,9 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"quick": quick, "schedule": list(SCHEDULE), "runs": rows}
-    (RESULTS / "ioiq.json").write_text(json.dumps(report, indent=2) + "\n")
+    tmp = RESULTS / ".ioiq.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(RESULTS / "ioiq.json")
     print(f"{'run':32s} {'test acc':>8s} {'drop':>7s}")
     for row in rows:
         print(f"{row['run']:32s} {row['test_acc']:8.4f} {row.get('drop_vs_float', 0.0):7.4f}")
@@ -193,7 +196,9 @@ def _plot(rows: list[dict[str, Any]], path: Path, quick: bool) -> None:
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("IOIQ, ResNet-20 / Fashion-MNIST" + (" (quick smoke test)" if quick else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
     plt.close(fig)
 
 

@@ -10,14 +10,21 @@ first and last layers at 8 bits clamped likewise, as in the search's candidates.
 
     python benchmarks/scheme_search.py            # full: 20 epochs (10 search), all data
     python benchmarks/scheme_search.py --quick    # smoke test: a subset, 1 epoch
+    python benchmarks/scheme_search.py --step-time-only   # only the step-time ratio
+    python benchmarks/scheme_search.py --device cuda      # on a GPU
 
-Writes ``benchmarks/results/scheme_search.json``.
+The step times are measured in one process, plain QAT and search runs interleaved
+(``--rounds`` rounds of ``--steps`` batches each), so a shared machine's load hits both alike.
+
+Writes ``benchmarks/results/scheme_search.json`` (``--step-time-only``:
+``scheme_search_step_time.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -40,6 +47,7 @@ from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheme_search.json"
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class StepTimer(L.Callback):
@@ -51,14 +59,16 @@ class StepTimer(L.Callback):
         self._start = 0.0
         self._seen = 0
 
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        self._sync(pl_module)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        self._sync(pl_module)
         self._seen += 1
         if self._seen > self.skip:
             self.times.append(time.perf_counter() - self._start)
@@ -81,24 +91,87 @@ def datamodule(args: argparse.Namespace) -> FashionMNISTDataModule:
     )
 
 
-def run(args: argparse.Namespace, callbacks: list[L.Callback], timer: StepTimer) -> float:
-    """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; the test accuracy."""
-    L.seed_everything(0, verbose=False)
-    dm = datamodule(args)
-    module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
-    trainer = L.Trainer(
-        max_epochs=args.epochs,
-        callbacks=[timer, *callbacks],
-        accelerator=args.accelerator,
+def accelerator(device: str) -> str:
+    """Lightning's accelerator name for ``--device``."""
+    return {"cuda": "gpu"}.get(device, device)
+
+
+def _trainer(args: argparse.Namespace, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+    return L.Trainer(
+        callbacks=callbacks,
+        accelerator=accelerator(args.device),
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=args.out_dir,
+        **kwargs,
     )
+
+
+def run(args: argparse.Namespace, callbacks: list[L.Callback], timer: StepTimer) -> float:
+    """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; the test accuracy."""
+    L.seed_everything(0, verbose=False)
+    dm = datamodule(args)
+    module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
+    trainer = _trainer(args, [timer, *callbacks], max_epochs=args.epochs)
     trainer.fit(module, datamodule=dm)
     return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
+
+
+def make_search(args: argparse.Namespace, end_epoch: int) -> SchemeSearch:
+    return SchemeSearch(
+        0,
+        end_epoch,
+        mode=args.mode,
+        weight_candidates=args.weight_candidates,
+        act_candidates=args.act_candidates,
+        weight_sampling=args.weight_sampling,
+        theta_sampling=args.theta_sampling,
+        theta_every=args.theta_every,
+    )
+
+
+def step_times(args: argparse.Namespace, bits: int) -> dict[str, Any]:
+    """Mean step times of plain QAT (clip everywhere) and of the search, interleaved.
+
+    Means, over a whole number of ``theta_every`` periods after as many warm-up steps (at
+    least 2): with ``theta_every > 1`` a median would miss the theta steps.
+    """
+    dm = datamodule(args)
+    policy = single_policy("clip", bits)
+    period = args.theta_every
+    skip = period * math.ceil(2 / period)
+    timed = period * max(1, math.ceil((args.steps - 2) / period))
+    dm.setup("fit")
+    available = len(dm.train_dataloader())
+    if skip + timed > available:
+        raise SystemExit(
+            f"--steps {args.steps} with --theta-every {period} needs {skip + timed} batches per "
+            f"epoch; the training split has {available}: raise --train-subset"
+        )
+    times: dict[str, list[float]] = {"qat": [], "search": []}
+    for _ in range(args.rounds):
+        for kind in ("qat", "search"):
+            L.seed_everything(0, verbose=False)
+            module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
+            timer = StepTimer(skip=skip)
+            callbacks: list[L.Callback] = [timer, Quantize(policy)]
+            if kind == "search":
+                callbacks.append(make_search(args, 1))
+            trainer = _trainer(
+                args, callbacks, max_epochs=1, limit_train_batches=skip + timed, limit_val_batches=0
+            )
+            trainer.fit(module, datamodule=dm)
+            times[kind] += timer.times
+    qat, search = statistics.fmean(times["qat"]), statistics.fmean(times["search"])
+    print(
+        f"W{bits}A{bits} step time: search {search * 1e3:.1f} ms, QAT {qat * 1e3:.1f} ms, "
+        f"ratio {search / qat:.2f}x (target <= 2x; {len(times['search'])} steps each)",
+        flush=True,
+    )
+    return {"search": search, "qat": qat, "ratio": search / qat, "steps": len(times["search"])}
 
 
 def single_policy(scheme: str, bits: int) -> QuantPolicy:
@@ -110,13 +183,7 @@ def single_policy(scheme: str, bits: int) -> QuantPolicy:
 def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
     print(f"== W{bits}A{bits}", flush=True)
     timer = StepTimer()
-    search = SchemeSearch(
-        0,
-        args.search_epochs,
-        mode=args.mode,
-        weight_candidates=args.weight_candidates,
-        act_candidates=args.act_candidates,
-    )
+    search = make_search(args, args.search_epochs)
     acc = run(args, [Quantize(single_policy("clip", bits)), search], timer)
     assert search.policy is not None
     chosen = search.chosen_schemes()
@@ -126,37 +193,28 @@ def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
         "chosen": chosen,
         "policy": search.policy.to_dict(),
     }
-    search_step = timer.median
-    print(f"searched policy: acc {acc:.4f}, search step {search_step * 1e3:.1f} ms", flush=True)
+    print(f"searched policy: acc {acc:.4f}", flush=True)
     single: dict[str, float] = {}
-    qat_step = float("nan")
     for scheme in args.schemes:
-        timer = StepTimer()
-        single[scheme] = run(args, [Quantize(single_policy(scheme, bits))], timer)
-        if scheme == "clip":
-            qat_step = timer.median
+        single[scheme] = run(args, [Quantize(single_policy(scheme, bits))], StepTimer())
         print(f"single {scheme:16s} acc {single[scheme]:.4f}", flush=True)
-    if qat_step != qat_step:  # clip not among the schemes: time a plain QAT run anyway
-        timer = StepTimer()
-        run(args, [Quantize(single_policy("clip", bits))], timer)
-        qat_step = timer.median
-    ratio = search_step / qat_step
-    print(
-        f"step time: search {search_step * 1e3:.1f} ms, QAT {qat_step * 1e3:.1f} ms, "
-        f"ratio {ratio:.2f}x (target <= 2x)",
-        flush=True,
-    )
     return {
         "searched": searched,
         "single": single,
         "best_single": max(single, key=single.__getitem__),
-        "step_time_s": {"search": search_step, "qat": qat_step, "ratio": ratio},
+        "step_time_s": step_times(args, bits),
     }
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="subset, 1 epoch: a smoke test")
+    p.add_argument("--step-time-only", action="store_true", help="only the step-time ratio")
+    p.add_argument("--steps", type=int, default=8, help="batches per step-time run")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved step-time rounds")
+    p.add_argument("--weight-sampling", choices=["hard", "soft"], default="hard")
+    p.add_argument("--theta-sampling", choices=["soft", "hard"], default="soft")
+    p.add_argument("--theta-every", type=int, default=1)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--search-epochs", type=int, default=10)
@@ -170,7 +228,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--search-size", type=int, default=11000)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--out-dir", default="runs/benchmarks/scheme_search")
     args = p.parse_args(argv)
@@ -179,6 +237,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.train_subset = args.train_subset or 2000
         args.test_subset = args.test_subset or 1000
         args.search_size = min(args.search_size, 500)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is available")
+    if args.steps < 3 or args.rounds < 1 or args.theta_every < 1:
+        p.error("--steps must be >= 3 (2 warm-up steps), --rounds and --theta-every >= 1")
     if not 0 < args.search_epochs <= args.epochs:
         p.error(f"--search-epochs={args.search_epochs} must be in 1..--epochs ({args.epochs})")
     return args
@@ -187,11 +249,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     start = time.perf_counter()
-    results = {f"w{b}a{b}": bench_bits(args, b) for b in args.bits}
+    if args.step_time_only:
+        results = {f"w{b}a{b}": {"step_time_s": step_times(args, b)} for b in args.bits}
+    else:
+        results = {f"w{b}a{b}": bench_bits(args, b) for b in args.bits}
     report = {
         "benchmark": "scheme_search",
         "quick": args.quick,
-        "device": "cuda" if torch.cuda.is_available() and args.accelerator != "cpu" else "cpu",
+        "device": "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "config": {
             k: (str(v) if isinstance(v, Path) else v)
@@ -201,9 +266,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
         "wall_s": time.perf_counter() - start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
+    out = args.out
+    if args.step_time_only and out == RESULTS:
+        out = RESULTS.with_name("scheme_search_step_time.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return report
 
 

@@ -9,6 +9,7 @@ normal weight step. At the end of the search each cell is fixed on its argmax sc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,13 @@ from lightning_autoq.callbacks.arguments import target_module
 from lightning_autoq.convert import QuantPolicy, layer_configs, quantized_layers
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.quant import AUTOQNN_SCHEMES, Quantizer, available_schemes, scheme_class
-from lightning_autoq.quant.mixture import SchemeMixture, candidate_bits, collapse
+from lightning_autoq.quant.mixture import (
+    SAMPLINGS,
+    Sampling,
+    SchemeMixture,
+    candidate_bits,
+    collapse,
+)
 from lightning_autoq.utils.logging import log_table
 
 Mode = Literal["layer", "model"]
@@ -41,6 +48,15 @@ def cross_entropy_loss(pl_module: L.LightningModule, batch: Any) -> Tensor:
     """Default search loss: cross-entropy of ``pl_module(x)`` on an ``(x, y)`` batch."""
     x, y = batch[0], batch[1]
     return F.cross_entropy(pl_module(x), y)
+
+
+def _scheme_options(q: Quantizer) -> dict[str, Any]:
+    """The options of ``q``'s scheme that differ from their defaults (for ``LayerConfig``)."""
+    return {
+        f.name: getattr(q.scheme, f.name)
+        for f in dataclasses.fields(q.scheme)
+        if f.name != "bits" and getattr(q.scheme, f.name) != f.default
+    }
 
 
 def _check_schemes(kind: str, names: Sequence[str]) -> tuple[str, ...]:
@@ -64,13 +80,21 @@ class SchemeSearch(L.Callback):
     before, during and after the search, so checkpoints from any point load strictly.
 
     Each training step of epochs ``[start_epoch, end_epoch)`` first takes one ``theta`` step
-    (its own Adam optimizer) on a batch of the held-out search split, then Lightning's normal
-    weight step (first-order DARTS alternation). The ``theta`` forward runs in train mode and
+    (its own Adam optimizer) on a batch of the held-out search split (every ``theta_every``-th
+    batch), then Lightning's normal weight step (first-order DARTS alternation). By default the
+    weight step runs one Gumbel-sampled candidate per cell (``weight_sampling="hard"``, GDAS,
+    https://arxiv.org/abs/1910.04465: the cost of a plain QAT step) and the ``theta`` step
+    the full Gumbel-softmax mixture (``theta_sampling="soft"``: every candidate is compared on
+    every step); ``theta_sampling="hard"`` makes the ``theta`` step one sampled candidate too,
+    with a straight-through gradient to ``theta``. Every rank draws the same samples (the noise
+    is seeded by step and phase). ``theta`` requires a gradient only inside ``theta`` steps, so
+    the weight loss never gives it one. The ``theta`` forward runs in train mode and
     every buffer (BatchNorm running statistics, quantizers' running ranges) is saved before
     and restored after it, so search batches never change them; only ``theta`` gets a gradient,
     averaged over ranks under DDP. Before ``start_epoch`` the weights train under the
-    Gumbel-softmax mixture at the first temperature with ``theta`` frozen (a warm-up); in
-    evaluation the cells mix with the noise-free ``softmax(theta / tau)``. At the end of the
+    Gumbel-sampled candidates at the first temperature with ``theta`` frozen (a warm-up); in
+    evaluation hard cells run their argmax candidate and soft cells mix with the noise-free
+    ``softmax(theta / tau)``. At the end of the
     range each cell is fixed on its argmax (it then computes exactly its chosen quantizer),
     the layers' ``config`` is set to the chosen schemes and the policy is written to
     ``scheme_policy.yaml``; training goes on with the fixed policy.
@@ -96,6 +120,10 @@ class SchemeSearch(L.Callback):
         loss_fn: ``(pl_module, batch) -> loss`` of the ``theta`` step (default cross-entropy).
         module_name: the submodule to search (as in ``Quantize``); None: the whole module.
         seed: seed of the Gumbel noise (identical on every rank).
+        weight_sampling: the weight step's forward: ``"hard"`` (one sampled candidate per
+            cell) or ``"soft"`` (the full mixture, costs every candidate).
+        theta_sampling: the ``theta`` step's forward, ``"soft"`` or ``"hard"``.
+        theta_every: take a ``theta`` step on every ``theta_every``-th training batch.
 
     Example:
         >>> from lightning_autoq.callbacks import Quantize
@@ -117,7 +145,20 @@ class SchemeSearch(L.Callback):
         loss_fn: LossFn = cross_entropy_loss,
         module_name: str | None = None,
         seed: int = 0,
+        weight_sampling: Sampling = "hard",
+        theta_sampling: Sampling = "soft",
+        theta_every: int = 1,
     ) -> None:
+        for name, value in (
+            ("weight_sampling", weight_sampling),
+            ("theta_sampling", theta_sampling),
+        ):
+            if value not in SAMPLINGS:
+                raise ValueError(
+                    f"{name}={value!r} is not allowed; allowed: {', '.join(SAMPLINGS)}"
+                )
+        if isinstance(theta_every, bool) or not isinstance(theta_every, int) or theta_every < 1:
+            raise ValueError(f"theta_every={theta_every!r} is not allowed; allowed: int >= 1")
         if not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"start_epoch={start_epoch!r} is not allowed; allowed: int >= 0")
         if not isinstance(end_epoch, int) or end_epoch <= start_epoch:
@@ -145,6 +186,9 @@ class SchemeSearch(L.Callback):
         self.loss_fn = loss_fn
         self.module_name = module_name
         self.seed = seed
+        self.weight_sampling: Sampling = weight_sampling
+        self.theta_sampling: Sampling = theta_sampling
+        self.theta_every = theta_every
         self.optimizer: torch.optim.Optimizer | None = None
         self.policy: QuantPolicy | None = None
         self.policy_path: Path | None = None
@@ -182,18 +226,22 @@ class SchemeSearch(L.Callback):
         common: dict[str, Any] = {"backward": config.backward, "grad_ratio": config.grad_ratio}
         if kind == "weight":
             bits = config.weight_bits
+            own_scheme = config.scheme
             weight: Tensor = layer.weight  # type: ignore[attr-defined]
             channels = weight.shape[layer.channel_axis] if config.granularity == "channel" else None
             common.update(kind="weight", channels=channels, channel_axis=layer.channel_axis)
         else:
             assert config.act_bits is not None
             bits = config.act_bits
+            own_scheme = config.act_scheme or config.scheme
             common.update(kind="activation", signed=config.act_signed)
         out = []
         for name in self.candidates[kind]:
             b = candidate_bits(name, bits)
             if b is not None:
-                out.append(Quantizer(name, b, **common))
+                # The layer's scheme options (e.g. int_se candidates) go to its own scheme.
+                options = config.scheme_options if name == own_scheme == config.scheme else {}
+                out.append(Quantizer(name, b, **common, **options))
         return out
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -228,7 +276,13 @@ class SchemeSearch(L.Callback):
                     )
                 slots = [self.candidates[kind].index(q.scheme.name) for q in cands]
                 theta = shared.get(kind)
-                cell = SchemeMixture(cands, theta, slots if theta is not None else None, tau)
+                cell = SchemeMixture(
+                    cands,
+                    theta,
+                    slots if theta is not None else None,
+                    tau,
+                    sampling=self.weight_sampling,
+                )
                 cell.to(layer.weight.device)  # type: ignore[attr-defined]
                 cell.generator = self._generator
                 setattr(layer, attr, cell)
@@ -275,6 +329,8 @@ class SchemeSearch(L.Callback):
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in ids]
         self.optimizer = torch.optim.Adam(thetas, lr=self.lr, weight_decay=self.weight_decay)
+        for theta in thetas:  # trainable only inside theta steps
+            theta.requires_grad_(False)
         if self._pending_state is not None:
             self.optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -327,6 +383,23 @@ class SchemeSearch(L.Callback):
         assert self._generator is not None
         self._generator.manual_seed(self.seed * 1_000_003 + 2 * trainer.global_step + phase)
 
+    def _begin_phase(self, trainer: L.Trainer, phase: int, sampling: Sampling) -> None:
+        """Seed the noise of ``phase`` (0: theta, 1: weights) and set every cell's sampling.
+
+        Hard cells draw their sample now, in a fixed order, from one host copy of each
+        ``theta`` (one device sync per logit vector instead of one per cell).
+        """
+        self._seed_noise(trainer, phase)
+        host: dict[int, Tensor] = {}
+        for _, _, cell in self._cells:
+            cell.sampling = sampling
+            cell.clear_sample()
+            if sampling == "hard" and not cell.fixed:
+                key = id(cell.theta)
+                if key not in host:
+                    host[key] = cell.theta.detach().float().cpu()
+                cell.resample(host[key][cell.slot_list])
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._cells and not self.fixed and trainer.current_epoch >= self.end_epoch:
             # Resumed from a checkpoint saved after the last search step but before the fix
@@ -340,10 +413,21 @@ class SchemeSearch(L.Callback):
     ) -> None:
         if self.fixed:
             return
-        if self.searching(trainer.current_epoch):
-            self._seed_noise(trainer, 0)
+        if self.searching(trainer.current_epoch) and batch_idx % self.theta_every == 0:
+            self._begin_phase(trainer, 0, self.theta_sampling)
             self.theta_step(trainer, pl_module, self._next_search_batch(trainer))
-        self._seed_noise(trainer, 1)  # the weight step's noise
+        self._begin_phase(trainer, 1, self.weight_sampling)  # the weight step's noise
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        for _, _, cell in self._cells:
+            cell.clear_sample()
 
     def theta_step(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> Tensor:
         """One ``theta`` step on a held-out batch; returns the search loss."""
@@ -352,10 +436,14 @@ class SchemeSearch(L.Callback):
         batch = move_data_to_device(batch, pl_module.device)
         buffers = [b.detach().clone() for b in pl_module.buffers()]
         try:
+            for theta in thetas:
+                theta.requires_grad_(True)
             with torch.enable_grad():
                 loss = self.loss_fn(pl_module, batch)
                 grads = torch.autograd.grad(loss, thetas, allow_unused=True)
         finally:
+            for theta in thetas:
+                theta.requires_grad_(False)
             with torch.no_grad():
                 for b, saved in zip(pl_module.buffers(), buffers, strict=True):
                     b.copy_(saved)
@@ -408,7 +496,11 @@ class SchemeSearch(L.Callback):
                     continue
                 q = cell.candidate
                 if kind == "weight":
-                    changes.update(scheme=q.scheme.name, weight_bits=q.bits)
+                    changes.update(
+                        scheme=q.scheme.name,
+                        weight_bits=q.bits,
+                        scheme_options=_scheme_options(q),
+                    )
                 else:
                     changes.update(act_scheme=q.scheme.name, act_bits=q.bits)
             if changes:

@@ -41,6 +41,9 @@ class LayerConfig:
         bias_scheme: scheme of the bias.
         backward: input gradient, ``"ste"`` or ``"clipped"``; None = the scheme's default.
         grad_ratio: factor on the input gradient (piecewise-linear backward).
+        scheme_options: options of ``scheme`` (fields of its dataclass besides ``bits``, e.g.
+            ``{"candidates": 4}`` for ``int_se``), given to the weight quantizer and to the
+            activation quantizer when it uses the same scheme.
     """
 
     scheme: str = "lsq"
@@ -53,8 +56,16 @@ class LayerConfig:
     bias_scheme: str = "fixed_point"
     backward: Literal["ste", "clipped"] | None = None
     grad_ratio: float = 1.0
+    scheme_options: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scheme_options, Mapping):
+            raise ValueError(
+                f"scheme_options={self.scheme_options!r} is not allowed; allowed: a mapping of "
+                f"option names to values"
+            )
+        object.__setattr__(self, "scheme_options", dict(self.scheme_options))
+        check_scheme_options(self.scheme, self.scheme_options)
         if self.granularity not in GRANULARITIES:
             raise ValueError(
                 f"granularity={self.granularity!r} is not allowed; "
@@ -66,15 +77,18 @@ class LayerConfig:
             )
         # Building throwaway quantizers validates scheme names, bit ranges and range modes
         # with the quantizer's own messages.
-        checks = [("weight", self.scheme, self.weight_bits, "weight")]
+        options = self.scheme_options
+        checks = [("weight", self.scheme, self.weight_bits, "weight", options)]
         if self.act_bits is not None:
-            checks.append(("act", self.act_scheme or self.scheme, self.act_bits, "activation"))
+            act_scheme = self.act_scheme or self.scheme
+            act_options = options if act_scheme == self.scheme else {}
+            checks.append(("act", act_scheme, self.act_bits, "activation", act_options))
         if self.bias_bits is not None:
-            checks.append(("bias", self.bias_scheme, self.bias_bits, "weight"))
-        for role, scheme, bits, kind in checks:
+            checks.append(("bias", self.bias_scheme, self.bias_bits, "weight", {}))
+        for role, scheme, bits, kind, opts in checks:
             try:
-                Quantizer(scheme, bits, kind=kind, grad_ratio=self.grad_ratio)  # type: ignore[arg-type]
-            except ValueError as err:
+                Quantizer(scheme, bits, kind=kind, grad_ratio=self.grad_ratio, **opts)  # type: ignore[arg-type]
+            except (ValueError, TypeError) as err:
                 raise ValueError(f"{role} quantizer: {err}") from None
 
     def replace(self, **changes: Any) -> LayerConfig:
@@ -89,6 +103,22 @@ class LayerConfig:
 
 
 LAYER_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(LayerConfig))
+
+
+def scheme_option_names(scheme: str) -> tuple[str, ...]:
+    """The options ``scheme`` takes: its dataclass fields besides ``bits``."""
+    return tuple(f.name for f in dataclasses.fields(scheme_class(scheme)) if f.name != "bits")
+
+
+def check_scheme_options(scheme: str, options: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming any option ``scheme`` does not take, and the allowed ones."""
+    allowed = scheme_option_names(scheme)
+    unknown = sorted(str(k) for k in options if k not in allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown scheme option(s) {unknown} for scheme {scheme!r}; allowed: "
+            f"{', '.join(allowed) if allowed else 'none'}"
+        )
 
 
 @dataclass
@@ -242,6 +272,11 @@ def _check_override(changes: Mapping[str, Any]) -> None:
     for name in ("scheme", "act_scheme", "bias_scheme"):
         if changes.get(name) is not None:
             scheme_class(changes[name])
+    options = changes.get("scheme_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"scheme_options={options!r} is not allowed; allowed: a mapping")
+    if options and changes.get("scheme") is not None:
+        check_scheme_options(changes["scheme"], options)
     for name in ("weight_bits", "act_bits", "bias_bits"):
         bits = changes.get(name)
         if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):

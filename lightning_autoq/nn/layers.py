@@ -23,6 +23,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lightning_autoq.export.fold import fold_batchnorm
 from lightning_autoq.quant import Quantizer
 from lightning_autoq.quant.functional import exponent_quantize, shared_exponent
+from lightning_autoq.quant.incremental import IncrementalWeight
+from lightning_autoq.quant.mixture import SchemeMixture
+from lightning_autoq.quant.schemes.base import UniformScheme
+from lightning_autoq.quant.uniform import uniform_fake_quant
 
 if TYPE_CHECKING:
     from lightning_autoq.convert.policy import LayerConfig
@@ -37,7 +41,10 @@ class IntSEBias(nn.Module):
 
     The bias is then added to the integer accumulator (exponent ``s_acc``) with a left shift
     of at most 7. Within that window the exponent is the minimum-MSE one
-    (:func:`~lightning_autoq.quant.functional.shared_exponent`). Stateless: nothing is saved.
+    (:func:`~lightning_autoq.quant.functional.shared_exponent`). Without ``s_acc`` (None: the
+    weight or input quantizer in use has no power-of-two exponent, e.g. a scheme-search cell
+    that sampled another scheme) the bias gets its own minimum-MSE exponent, unwindowed.
+    Stateless: nothing is saved.
 
     Args:
         bits: bias code width (signed).
@@ -55,8 +62,11 @@ class IntSEBias(nn.Module):
         self.bits = bits
         self.candidates = candidates
 
-    def exponent(self, bias: Tensor, s_acc: Tensor) -> Tensor:
-        """The bias exponent: per tensor (``s_acc`` has one value) or per channel."""
+    def exponent(self, bias: Tensor, s_acc: Tensor | None) -> Tensor:
+        """The bias exponent: per tensor (``s_acc`` has one value or is None) or per channel."""
+        if s_acc is None:
+            b = bias.detach().float().reshape(1, -1)
+            return shared_exponent(b, self.bits, True, (1,), self.candidates).reshape(())
         s_acc = torch.round(s_acc.detach().float()).reshape(-1)
         b = bias.detach().float()
         b = b.reshape(1, -1) if s_acc.numel() == 1 else b.reshape(-1, 1)
@@ -64,12 +74,80 @@ class IntSEBias(nn.Module):
         s = torch.minimum(torch.maximum(s, s_acc), s_acc + BIAS_SHIFT_RANGE)
         return s if s_acc.numel() > 1 else s.reshape(())
 
-    def forward(self, bias: Tensor, s_acc: Tensor) -> Tensor:
+    def forward(self, bias: Tensor, s_acc: Tensor | None) -> Tensor:
         s = self.exponent(bias, s_acc)
         return exponent_quantize(bias.float(), s, self.bits, True).to(bias.dtype)
 
     def extra_repr(self) -> str:
         return f"int_se, bits={self.bits}, window=[s_in+s_w, s_in+s_w+{BIAS_SHIFT_RANGE}]"
+
+
+def _has_exponent(q: object) -> bool:
+    return isinstance(q, Quantizer) and "exponent" in q.scheme.param_names()
+
+
+def _quantize_once(q: Quantizer, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``q(x)`` for a power-of-two uniform quantizer and its exponent, estimated once.
+
+    Mirrors ``Quantizer.forward`` for uniform schemes (tested equal bit for bit), so the
+    exponent search runs once per forward instead of again for the bias.
+    """
+    params = q.parameters_for(x)
+    grid = q.scheme.grid(params, q.signed())  # type: ignore[attr-defined]
+    out = uniform_fake_quant(
+        x.float(), grid, clipped=q.backward == "clipped", ratio=q.grad_ratio
+    ).to(x.dtype)
+    return out, params["exponent"]
+
+
+def quantize_weight(weight_quant: nn.Module, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``weight_quant(weight)`` and the weight exponent ``s_w`` it used, computed once.
+
+    ``s_w`` is None unless one power-of-two quantizer (INT-SE, fixed point) produced the
+    result: through :class:`~lightning_autoq.quant.incremental.IncrementalWeight` (its fixed
+    grid once started) and :class:`~lightning_autoq.quant.mixture.SchemeMixture` (the fixed or
+    sampled candidate; a soft mixture has none).
+    """
+    if isinstance(weight_quant, SchemeMixture):
+        index, st_weight = weight_quant.select()
+        weight_quant.last_index = index
+        if index is None:
+            return weight_quant(weight), None  # type: ignore[return-value]
+        out, s_w = quantize_weight(weight_quant.candidates[index], weight)
+        return weight_quant.scale(out, st_weight), s_w
+    if isinstance(weight_quant, IncrementalWeight):
+        if bool(weight_quant.started):
+            return weight_quant(weight), weight_quant.grid().get("exponent")  # type: ignore[return-value]
+        return quantize_weight(weight_quant.quantizer, weight)
+    if _has_exponent(weight_quant) and isinstance(weight_quant.scheme, UniformScheme):
+        return _quantize_once(weight_quant, weight)  # type: ignore[arg-type]
+    return weight_quant(weight), None  # type: ignore[return-value]
+
+
+def _active_quantizer(q: nn.Module | None) -> nn.Module | None:
+    """The plain quantizer a (fixed or sampled) search cell ran last; else ``q`` itself."""
+    if isinstance(q, SchemeMixture):
+        index = int(q.chosen) if q.fixed else q.last_index
+        return None if index is None else q.candidates[index]
+    return q
+
+
+def input_exponent(act_quant: nn.Module | None) -> Tensor | None:
+    """``s_in``: the running exponent of the input quantizer in use (rounded), or None."""
+    q = _active_quantizer(act_quant)
+    return torch.round(q.exponent) if _has_exponent(q) else None  # type: ignore[union-attr]
+
+
+def weight_exponent(weight_quant: nn.Module, weight: Tensor) -> Tensor | None:
+    """``s_w`` of ``weight`` under the weight quantizer in use, without quantizing it."""
+    q = _active_quantizer(weight_quant)
+    if isinstance(q, IncrementalWeight):
+        exponent = q.parameters_for(weight).get("exponent")
+    elif _has_exponent(q):
+        exponent = q.parameters_for(weight)["exponent"]  # type: ignore[union-attr, operator]
+    else:
+        return None
+    return None if exponent is None else exponent.detach()
 
 
 def _uses_int_se_bias(config: LayerConfig) -> bool:
@@ -123,15 +201,19 @@ class QuantLayer:
             channels=channels,
             channel_axis=self.channel_axis,
             **common,
+            **config.scheme_options,
         )
         self.act_quant = None
         if config.act_bits is not None:
+            act_scheme = config.act_scheme or config.scheme
+            options = config.scheme_options if act_scheme == config.scheme else {}
             self.act_quant = Quantizer(
-                config.act_scheme or config.scheme,
+                act_scheme,
                 config.act_bits,
                 kind="activation",
                 signed=config.act_signed,
                 **common,
+                **options,
             )
         self.bias_quant = None
         if self.bias is not None:  # type: ignore[attr-defined]
@@ -142,7 +224,8 @@ class QuantLayer:
         if config.bias_bits is None:
             return None
         if _uses_int_se_bias(config):
-            return IntSEBias(config.bias_bits, self.weight_quant.scheme.candidates)  # type: ignore[attr-defined]
+            candidates = config.scheme_options.get("candidates", 4)
+            return IntSEBias(config.bias_bits, candidates)
         return Quantizer(config.bias_scheme, config.bias_bits, kind="weight")
 
     @property
@@ -182,8 +265,26 @@ class QuantLayer:
         # pickling keep each copy's BN tied to its own layer.
         self.__dict__["_autoq_bn"] = bn
         bn.__dict__["_autoq_folded_into"] = self
-        bn.register_forward_pre_hook(_bn_pre_hook)
-        bn.register_forward_hook(_bn_hook)
+        bn.__dict__["_autoq_hooks"] = (
+            bn.register_forward_pre_hook(_bn_pre_hook),
+            bn.register_forward_hook(_bn_hook),
+        )
+
+    def detach_batchnorm(self) -> _BatchNorm | None:
+        """Undo :meth:`attach_batchnorm`: the BN computes as a plain batch norm again.
+
+        Removes its hooks and the pairing; this layer then computes with its unfolded weight
+        (``bn_locked`` stays as a buffer, unused). Returns the BN, or None if none was attached.
+        """
+        bn = self.__dict__.pop("_autoq_bn", None)
+        if bn is None:
+            return None
+        for handle in bn.__dict__.pop("_autoq_hooks", ()):
+            handle.remove()
+        bn.__dict__.pop("_autoq_folded_into", None)
+        if bn.__dict__.pop("_autoq_was_training", False):
+            bn.training = True
+        return bn
 
     def is_bn_locked(self) -> bool:
         """Whether the attached batch norm is folded into this layer."""
@@ -212,7 +313,12 @@ class QuantLayer:
         return layer
 
     def to_float(self) -> nn.Module:
-        """The float layer with the same (unquantized) parameters; quantizer state is dropped."""
+        """The float layer with the same (unquantized) parameters; quantizer state is dropped.
+
+        An attached batch norm is released (:meth:`detach_batchnorm`), so the float layer and
+        its BN compute as the float original (BN statistics learned and applied again).
+        """
+        self.detach_batchnorm()
         module = self.float_class(**self._constructor_args(self), device="meta")  # type: ignore[arg-type]
         module.weight = self.weight  # type: ignore[attr-defined]
         module.bias = self.bias  # type: ignore[attr-defined]
@@ -226,10 +332,17 @@ class QuantLayer:
     def _quantize_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         x = self.act_quant(x) if self.act_quant is not None else x
         weight, bias = self.float_weight_bias()
-        qweight: Tensor = self.weight_quant(weight)  # type: ignore[assignment]
         if bias is not None and isinstance(self.bias_quant, IntSEBias):
-            bias = self.bias_quant(bias, self.accumulator_exponent(weight))
-        elif bias is not None and self.bias_quant is not None:
+            # One exponent search for the weight, shared by the weight and the bias window.
+            qweight, s_w = quantize_weight(self.weight_quant, weight)
+            s_in = input_exponent(self.act_quant)
+            s_acc = None
+            if s_w is not None and s_in is not None:
+                s_acc = s_in + torch.round(s_w.detach()).reshape(-1)
+            bias = self.bias_quant(bias, s_acc)
+            return x, qweight, bias
+        qweight = self.weight_quant(weight)  # type: ignore[assignment]
+        if bias is not None and self.bias_quant is not None:
             bias = self.bias_quant(bias)
         return x, qweight, bias
 
@@ -237,14 +350,19 @@ class QuantLayer:
         """``s_in + s_w`` (INT-SE layers): one value, or one per output channel.
 
         ``s_in`` is the input quantizer's running exponent, ``s_w`` the weight quantizer's
-        exponent for ``weight`` (default: the current float weight), both rounded.
+        exponent for ``weight`` (default: the current float weight), both rounded; through an
+        incremental wrapper (its fixed grid) or a search cell (its fixed or last-run candidate).
         """
-        if self.act_quant is None or not hasattr(self.act_quant, "exponent"):
-            raise ValueError("the accumulator exponent needs an INT-SE input quantizer")
         if weight is None:
             weight = self.float_weight_bias()[0]
-        s_w = self.weight_quant.parameters_for(weight)["exponent"].detach()
-        return torch.round(self.act_quant.exponent) + torch.round(s_w).reshape(-1)
+        s_in = input_exponent(self.act_quant)
+        s_w = weight_exponent(self.weight_quant, weight)
+        if s_in is None or s_w is None:
+            raise ValueError(
+                "the accumulator exponent needs power-of-two (INT-SE) input and weight "
+                "quantizers in use"
+            )
+        return s_in + torch.round(s_w).reshape(-1)
 
 
 def _conv_args(module: nn.Module) -> dict[str, Any]:
@@ -365,6 +483,7 @@ QUANT_LAYERS: dict[type[nn.Module], type[QuantLayer]] = {
 
 __all__ = [
     "QUANT_LAYERS",
+    "IntSEBias",
     "QuantConv1d",
     "QuantConv2d",
     "QuantConv3d",
@@ -373,4 +492,7 @@ __all__ = [
     "QuantConvTranspose3d",
     "QuantLayer",
     "QuantLinear",
+    "input_exponent",
+    "quantize_weight",
+    "weight_exponent",
 ]

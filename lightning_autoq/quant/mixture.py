@@ -7,6 +7,11 @@ layer's ``weight_quant`` the cell mixes the *quantized weights* before the layer
 convolution, so a search step costs one convolution per layer rather than one per candidate
 (EdMIPS, https://arxiv.org/abs/2004.05795); used as ``act_quant`` it mixes the quantized input.
 
+With ``sampling="hard"`` (GDAS, Dong and Yang 2019, https://arxiv.org/abs/1910.04465) a
+training forward runs only the candidate ``argmax(theta + g)`` and multiplies it by the
+straight-through weight ``m_i - stop_grad(m_i) + 1`` (exactly 1 in value), so it costs one
+quantizer and ``theta`` still gets a gradient; evaluation then runs the argmax candidate.
+
 Once fixed (``chosen >= 0``) a cell returns its chosen candidate's output exactly, at the cost
 of a plain quantizer; :func:`collapse` swaps fixed cells for those candidates.
 """
@@ -14,12 +19,16 @@ of a plain quantizer; :func:`collapse` swaps fixed cells for those candidates.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_autoq.quant.quantizer import Quantizer
 from lightning_autoq.quant.schemes import scheme_class
+
+Sampling = Literal["soft", "hard"]
+SAMPLINGS: tuple[str, ...] = ("soft", "hard")
 
 
 def candidate_bits(scheme: str, bits: int) -> int | None:
@@ -48,17 +57,24 @@ class SchemeMixture(nn.Module):
     ``slots`` says which entries of ``theta`` this cell's candidates use, so a cell that lacks
     a candidate (bit range) still shares the others' logits.
 
-    In training the weights are ``softmax((theta[slots] + g) / tau)`` with Gumbel noise ``g``
-    drawn from ``generator`` (set by the search so that every rank draws the same noise); in
-    evaluation they are ``softmax(theta[slots] / tau)`` without noise. Once ``chosen`` (a
-    persistent buffer, -1 while searching) holds an index, the cell returns exactly that
-    candidate's output and ``theta`` gets no gradient.
+    ``sampling="soft"``: in training the weights are ``softmax((theta[slots] + g) / tau)`` with
+    Gumbel noise ``g`` drawn from ``generator`` (set by the search so that every rank draws
+    the same noise); in evaluation they are ``softmax(theta[slots] / tau)`` without noise.
+    ``sampling="hard"``: in training only the candidate ``i = argmax(theta[slots] + g)`` runs,
+    scaled by the straight-through weight ``m_i - stop_grad(m_i) + 1`` (1 in value; the
+    gradient of ``m_i``, added only while ``theta`` requires a gradient); in evaluation the
+    argmax of ``theta`` runs. :meth:`resample` draws the noise ahead of a forward (the search
+    does, once per step, so a layer and its bias see the same draw); without it every forward
+    draws afresh. ``last_index`` is the candidate the last forward ran (None: a soft mixture).
+    Once ``chosen`` (a persistent buffer, -1 while searching) holds an index, the cell returns
+    exactly that candidate's output and ``theta`` gets no gradient.
 
     Args:
         candidates: the plain quantizers, at least one.
         theta: the logits (a shared ``nn.Parameter``); None creates zeros, one per candidate.
         slots: index into ``theta`` of each candidate; None: ``0..len(candidates)-1``.
         tau: initial temperature.
+        sampling: ``"soft"`` (the full mixture) or ``"hard"`` (one sampled candidate).
 
     Example:
         >>> cell = SchemeMixture([Quantizer("clip", 2), Quantizer("binary", 1)])
@@ -74,8 +90,13 @@ class SchemeMixture(nn.Module):
         theta: nn.Parameter | None = None,
         slots: Sequence[int] | None = None,
         tau: float = 1.0,
+        sampling: Sampling = "soft",
     ) -> None:
         super().__init__()
+        if sampling not in SAMPLINGS:
+            raise ValueError(
+                f"sampling={sampling!r} is not allowed; allowed: {', '.join(SAMPLINGS)}"
+            )
         if not candidates:
             raise ValueError("a SchemeMixture needs at least one candidate quantizer")
         self.candidates = nn.ModuleList(candidates)
@@ -89,9 +110,13 @@ class SchemeMixture(nn.Module):
             )
         self.theta = theta
         self.register_buffer("slots", torch.tensor(slots, dtype=torch.long), persistent=False)
+        self.slot_list: list[int] = slots  # the same on the host (no device sync to read)
         self.register_buffer("chosen", torch.tensor(-1, dtype=torch.long))
         self.tau = float(tau)
+        self.sampling: Sampling = sampling
         self.generator: torch.Generator | None = None
+        self.last_index: int | None = None
+        self._draw: tuple[int, Tensor] | None = None  # (index, Gumbel noise) from resample()
 
     @property
     def names(self) -> list[str]:
@@ -117,14 +142,61 @@ class SchemeMixture(nn.Module):
         """The noise-free distribution ``softmax(theta[slots])`` (detached)."""
         return torch.softmax(self.logits().detach().float(), dim=0)
 
+    def _gumbel(self) -> Tensor:
+        """Gumbel noise, one value per candidate, from ``generator`` (on the CPU)."""
+        u = torch.rand(len(self.candidates), generator=self.generator, dtype=torch.float32)
+        return -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))
+
     def mixing_weights(self) -> Tensor:
         """``softmax((theta + g) / tau)``; Gumbel noise ``g`` in training only."""
         logits = self.logits().float()
         if self.training:
-            u = torch.rand(logits.shape, generator=self.generator, dtype=torch.float32)
-            gumbel = -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))
-            logits = logits + gumbel.to(logits.device)
+            logits = logits + self._gumbel().to(logits.device)
         return torch.softmax(logits / self.tau, dim=0)
+
+    @torch.no_grad()
+    def resample(self, host_logits: Tensor | None = None) -> int:
+        """Draw the hard sample the next training forwards use; returns its index.
+
+        ``host_logits``: this cell's logits already on the CPU (saves a device sync per cell).
+        """
+        noise = self._gumbel()
+        logits = self.logits().float().cpu() if host_logits is None else host_logits.float()
+        index = int((logits + noise).argmax())
+        self._draw = (index, noise)
+        return index
+
+    def clear_sample(self) -> None:
+        """Forget the drawn sample: the next hard training forward draws its own."""
+        self._draw = None
+
+    def select(self) -> tuple[int | None, Tensor | None]:
+        """The candidate the next forward runs and its straight-through weight (or None).
+
+        ``(None, None)``: a soft mixture of all candidates.
+        """
+        if self.fixed:
+            return int(self.chosen), None
+        if self.sampling == "soft":
+            return None, None
+        if not self.training:
+            return int(self.logits().argmax()), None
+        if self._draw is None:  # no drawn sample: a fresh one for this forward only
+            self.resample()
+            index, noise = self._draw  # type: ignore[misc]
+            self._draw = None
+        else:
+            index, noise = self._draw
+        if not (torch.is_grad_enabled() and self.theta.requires_grad):
+            return index, None
+        logits = self.logits().float() + noise.to(self.theta.device)
+        weight = torch.softmax(logits / self.tau, dim=0)[index]
+        return index, weight - weight.detach() + 1.0  # exactly 1 in value
+
+    @staticmethod
+    def scale(out: Tensor, weight: Tensor | None) -> Tensor:
+        """``out`` times a straight-through weight (unchanged in value)."""
+        return out if weight is None else out * weight.to(out.dtype)
 
     @torch.no_grad()
     def fix(self, index: int | None = None) -> SchemeMixture:
@@ -141,8 +213,10 @@ class SchemeMixture(nn.Module):
     def forward(self, x: Tensor | None) -> Tensor | None:
         if x is None:
             return None
-        if self.fixed:
-            return self.candidate(x)
+        index, weight = self.select()
+        self.last_index = index
+        if index is not None:
+            return self.scale(self.candidates[index](x), weight)  # type: ignore[arg-type]
         weights = self.mixing_weights().to(x.device)
         mixed: Tensor | None = None
         for weight, quantizer in zip(weights, self.candidates, strict=True):
@@ -152,7 +226,11 @@ class SchemeMixture(nn.Module):
         return mixed.to(x.dtype)
 
     def extra_repr(self) -> str:
-        state = f"chosen={self.names[int(self.chosen)]}" if self.fixed else f"tau={self.tau:.3g}"
+        state = (
+            f"chosen={self.names[int(self.chosen)]}"
+            if self.fixed
+            else f"tau={self.tau:.3g}, sampling={self.sampling}"
+        )
         return f"{', '.join(self.names)}; {state}"
 
 
@@ -181,4 +259,4 @@ def collapse(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["SchemeMixture", "candidate_bits", "collapse", "mixtures"]
+__all__ = ["SAMPLINGS", "Sampling", "SchemeMixture", "candidate_bits", "collapse", "mixtures"]

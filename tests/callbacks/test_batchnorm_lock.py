@@ -111,3 +111,40 @@ def test_invalid_lock_epoch_and_untraceable_model(tmp_path: Path) -> None:
             enable_checkpointing=False,
             default_root_dir=tmp_path,
         ).fit(Dynamic(), tiny_loader())
+
+
+def test_restore_float_after_lock_gives_back_the_float_model(tmp_path: Path) -> None:
+    from lightning_autoq import restore_float
+
+    module = _fit(tmp_path, 2, [Quantize(INT_SE), BatchNormLock(lock_epoch=1)])
+    layer, bn = module.model[0], module.model[1]
+    assert layer.is_bn_locked() and bn._forward_hooks and bn._forward_pre_hooks
+    restore_float(module)
+    assert type(module.model[0]) is torch.nn.Conv2d and module.model[1] is bn
+    assert not bn._forward_hooks and not bn._forward_pre_hooks
+    assert "_autoq_folded_into" not in bn.__dict__ and layer.batchnorm is None
+    # It computes as a float TinyNet with the same parameters and statistics, in eval and in
+    # train mode (where the BN learns its statistics again).
+    reference = TinyNet()
+    reference.load_state_dict(module.state_dict())
+    x = next(iter(tiny_loader()))[0]
+    for train in (False, True):
+        module.train(train)
+        reference.train(train)
+        with torch.no_grad():
+            assert torch.equal(module(x), reference(x))
+    assert torch.equal(bn.running_mean, reference.model[1].running_mean)
+
+
+def test_to_float_releases_the_batchnorm_and_the_layer_stays_consistent(tmp_path: Path) -> None:
+    module = _fit(tmp_path, 2, [Quantize(INT_SE), BatchNormLock(lock_epoch=1)])
+    layer, bn = module.model[0], module.model[1]
+    float_conv = layer.to_float()
+    assert layer.batchnorm is None and not layer.is_bn_locked() and not bn._forward_hooks
+    module.eval()
+    x = next(iter(tiny_loader()))[0]
+    with torch.no_grad():
+        # The quantized layer now quantizes its unfolded weight; the BN runs after it.
+        expected = bn(layer(x))
+        assert torch.equal(module.model[:2](x), expected)
+        assert torch.equal(float_conv(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias))

@@ -136,7 +136,8 @@ class ThetaWatch(L.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         ids = {id(t) for t in self.search.thetas()}
         assert not any(id(p) in ids for g in optimizer.param_groups for p in g["params"])
-        assert any(t.grad is not None for t in self.search.thetas())  # it had a gradient
+        # theta requires a gradient only inside theta steps: the weight loss gives it none.
+        assert all(t.grad is None and not t.requires_grad for t in self.search.thetas())
         self.before = [t.detach().clone() for t in self.search.thetas()]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -406,3 +407,88 @@ def test_wandb_gets_the_table_and_heatmap(tmp_path: Path, monkeypatch: pytest.Mo
     tables = list(run.glob("table/autoq/scheme_distribution_*.table.json"))
     images = list(run.glob("images/autoq/scheme_distribution_*.png"))
     assert len(tables) == 1 and len(images) == 1
+
+
+# --------------------------------------------------------------------- cost options
+def test_theta_every_spaces_the_theta_steps_and_weight_steps_run_one_candidate(
+    tmp_path: Path,
+) -> None:
+    L.seed_everything(0)
+    module = TinyNet()
+    search = _search(start_epoch=0, end_epoch=1, theta_every=3)
+    steps: list[int] = []
+    original = search.theta_step
+
+    def counting(trainer, pl_module, batch):
+        steps.append(trainer.global_step)
+        return original(trainer, pl_module, batch)
+
+    search.theta_step = counting  # type: ignore[method-assign]
+
+    class OneCandidate(L.Callback):
+        ran: list[set] = []
+
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            cells = [cell for _, cell in mixtures(pl_module)]
+            self.ran.append({cell.last_index for cell in cells})
+            assert all(cell.sampling == "hard" and cell.last_index is not None for cell in cells)
+
+    probe = OneCandidate()
+    trainer = _trainer(tmp_path, 1, search)
+    trainer.callbacks.append(probe)
+    trainer.fit(module, tiny_loader())
+    assert steps == [0, 3]  # batches 0 and 3 of 4
+    assert len(probe.ran) == 4
+
+
+def test_search_over_int_se_layers_with_their_bias_window(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    policy = QuantPolicy(
+        LayerConfig("int_se", 4, 4, bias_bits=8, scheme_options={"candidates": 2}),
+        first_last_bits=None,
+    )
+    search = _search(
+        start_epoch=0,
+        end_epoch=2,
+        weight_candidates=("int_se", "clip"),
+        act_candidates=("int_se", "clip"),
+        theta_sampling="hard",
+        lr=0.05,
+    )
+    module = TinyNet()
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[Quantize(policy), search],
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module, tiny_loader())
+    assert search.fixed
+    layer = module.model[0]
+    cell = layer.weight_quant
+    assert cell.candidates[0].scheme.candidates == 2  # the layer's options reach its scheme
+    assert cell.candidates[1].scheme.name == "clip"
+    module.eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.isfinite(module(x)).all()
+    chosen = (layer.weight_quant.candidate.scheme.name, layer.act_quant.candidate.scheme.name)
+    if chosen == ("int_se", "int_se"):
+        s_acc = layer.accumulator_exponent()
+        s_b = layer.bias_quant.exponent(layer.bias, s_acc)
+        assert s_acc <= s_b <= s_acc + 7
+    expected_options = {"candidates": 2} if chosen[0] == "int_se" else {}
+    assert layer.config.scheme_options == expected_options
+
+
+def test_cost_options_are_validated() -> None:
+    with pytest.raises(ValueError, match=r"theta_every=0 is not allowed; allowed: int >= 1"):
+        SchemeSearch(theta_every=0)
+    with pytest.raises(ValueError, match=r"theta_sampling='x' is not allowed; allowed: soft, hard"):
+        SchemeSearch(theta_sampling="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"weight_sampling='x' is not allowed"):
+        SchemeSearch(weight_sampling="x")  # type: ignore[arg-type]

@@ -245,3 +245,31 @@ def test_explicit_policy_reproduces_layer_configs():
 def test_explicit_needs_a_quantized_layer():
     with pytest.raises(ValueError, match="at least one"):
         QuantPolicy.explicit({"stem": None})
+
+
+def test_scheme_options_are_validated_round_trip_and_reach_convert() -> None:
+    with pytest.raises(
+        ValueError, match=r"unknown scheme option\(s\) \['cands'\].*allowed: candidates"
+    ):
+        LayerConfig("int_se", 4, 4, scheme_options={"cands": 2})
+    with pytest.raises(ValueError, match=r"\['candidates'\] for scheme 'clip'; allowed: none"):
+        LayerConfig("clip", 4, 4, scheme_options={"candidates": 2})
+    with pytest.raises(ValueError, match="candidates=0 is not allowed"):
+        LayerConfig("int_se", 4, 4, scheme_options={"candidates": 0})
+    with pytest.raises(ValueError, match=r"override 'b': unknown scheme option"):
+        QuantPolicy(overrides={"b": {"scheme": "int_se", "scheme_options": {"nope": 1}}})
+    policy = QuantPolicy(
+        LayerConfig("int_se", 4, 4, scheme_options={"candidates": 2}),
+        first_last_bits=None,
+        overrides={"2": {"scheme_options": {"candidates": 1}}},
+    )
+    assert QuantPolicy.from_yaml(policy.to_yaml()) == policy
+    assert "candidates: 2" in policy.to_yaml()
+    net = convert(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3)), policy)
+    assert net[0].weight_quant.scheme.candidates == 2
+    assert net[0].act_quant.scheme.candidates == 2
+    assert net[2].weight_quant.scheme.candidates == 1
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, 4, 4, 4)
+    # Changing only the options rebuilds the layer; the explicit policy records them.
+    explicit = QuantPolicy.explicit({"0": net[0].config, "2": net[2].config})
+    assert explicit.overrides == {"2": {"scheme_options": {"candidates": 1}}}

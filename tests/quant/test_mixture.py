@@ -107,3 +107,62 @@ def test_tied_theta_is_one_parameter_and_round_trips_the_state_dict() -> None:
     assert fresh[0].theta is fresh[1].theta and fresh[0].theta.tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="slots"):
         SchemeMixture([Quantizer("clip", 2)], theta, slots=[3])
+
+
+def _hard(**kwargs) -> SchemeMixture:
+    cands = [Quantizer("clip", 2), Quantizer("binary", 1), Quantizer("zoom", 2)]
+    return SchemeMixture(cands, sampling="hard", **kwargs)
+
+
+def test_hard_sampling_runs_one_candidate_with_a_straight_through_gradient() -> None:
+    cell = _hard(tau=0.7)
+    x = torch.randn(6, 5)
+    seen = set()
+    for seed in range(20):
+        cell.generator = torch.Generator().manual_seed(seed)
+        out = cell(x)
+        index = cell.last_index
+        assert index is not None
+        seen.add(index)
+        assert torch.equal(out, cell.candidates[index](x))  # exactly the candidate in value
+        cell.generator = torch.Generator().manual_seed(seed)
+        assert cell.resample() == index  # the same noise picks the same candidate
+        cell.clear_sample()
+        cell.theta.grad = None
+        out.square().sum().backward()
+        grad = cell.theta.grad
+        assert grad is not None and grad.abs().sum() > 0
+        # The gradient is that of the sampled candidate's Gumbel-softmax weight.
+        cell.generator = torch.Generator().manual_seed(seed)
+        noise = cell._gumbel()
+        theta = cell.theta.detach().clone().requires_grad_(True)
+        m = torch.softmax((theta + noise) / 0.7, 0)[index]
+        (m * cell.candidates[index](x).square().sum() * 2).backward()
+        torch.testing.assert_close(grad, theta.grad)
+    assert seen == {0, 1, 2}
+
+
+def test_hard_sample_drawn_ahead_is_kept_and_eval_runs_the_argmax() -> None:
+    cell = _hard()
+    x = torch.randn(4, 4)
+    cell.generator = torch.Generator().manual_seed(0)
+    index = cell.resample()
+    outs = [cell(x) for _ in range(5)]
+    assert all(cell.last_index == index for _ in outs) and all(
+        torch.equal(o, outs[0]) for o in outs
+    )
+    cell.clear_sample()
+    indices = set()
+    for _ in range(30):
+        cell(x)
+        indices.add(cell.last_index)
+    assert len(indices) > 1  # without a drawn sample every forward draws afresh
+    cell.theta.requires_grad_(False)
+    cell(x).sum()  # no straight-through factor: no graph to theta
+    assert cell.theta.grad is None
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([0.0, 0.0, 2.0]))
+    cell.eval()
+    assert torch.equal(cell(x), cell.candidates[2](x)) and cell.last_index == 2
+    with pytest.raises(ValueError, match=r"sampling='gdas' is not allowed; allowed: soft, hard"):
+        SchemeMixture([Quantizer("clip", 2)], sampling="gdas")  # type: ignore[arg-type]
