@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from lightning_autoq.callbacks.batchnorm_lock import BatchNormLock
 from lightning_autoq.callbacks.incremental import IncrementalQuantization
 from lightning_autoq.convert import quantized_layers
 from lightning_autoq.data import FashionMNISTDataModule
+from lightning_autoq.export import export_integer
 from lightning_autoq.models import ImageClassifier, resnet20
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,7 +71,8 @@ def _test_acc(trainer: L.Trainer, module: L.LightningModule, data: L.LightningDa
 
 def _finetune_module(fp_state: dict[str, torch.Tensor]) -> ImageClassifier:
     L.seed_everything(0)
-    module = ImageClassifier(resnet20(in_channels=1), lr=0.01, weight_decay=1e-4)
+    width = fp_state["conv1.weight"].shape[0]
+    module = ImageClassifier(resnet20(in_channels=1, width=width), lr=0.01, weight_decay=1e-4)
     module.model.load_state_dict(fp_state)
     return module
 
@@ -114,7 +117,10 @@ def run_ioiq(
     acc = _test_acc(trainer, module, data)
     layers = quantized_layers(module)
     fully = all(bool(layer.weight_quant.mask.all()) for _, layer in layers)
+    images = next(iter(data.test_dataloader()))[0][:64]
+    export_integer(module.model.cpu(), images)  # raises unless bit-exact on these images
     return {
+        "integer_export_bit_exact": True,
         "bits": bits,
         "strategy": strategy,
         "candidates": candidates,
@@ -131,6 +137,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--epochs", type=int, default=None, help="float pre-training epochs")
+    parser.add_argument("--width", type=int, default=16, help="ResNet-20 width")
+    parser.add_argument("--train-subset", type=int, default=None, help="training images")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -143,7 +151,7 @@ def main() -> None:
         data_dir=args.data_dir,
         batch_size=128,
         val_size=256 if quick else 5000,
-        train_subset=1024 if quick else None,
+        train_subset=1024 if quick else args.train_subset,
         test_subset=500 if quick else None,
         augment=not quick,
         download=False,
@@ -153,7 +161,7 @@ def main() -> None:
     fp_epochs = args.epochs or fp_epochs
 
     L.seed_everything(0)
-    fp = ImageClassifier(resnet20(in_channels=1), lr=0.1)
+    fp = ImageClassifier(resnet20(in_channels=1, width=args.width), lr=0.1)
     trainer = _trainer(fp_epochs, [], root)
     start = time.perf_counter()
     trainer.fit(fp, data)
@@ -175,7 +183,15 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"quick": quick, "schedule": list(SCHEDULE), "runs": rows}
+    report = {
+        "command": "python benchmarks/ioiq.py " + " ".join(sys.argv[1:]),
+        "quick": quick,
+        "width": args.width,
+        "train_subset": 1024 if quick else args.train_subset,
+        "threads": torch.get_num_threads(),
+        "schedule": list(SCHEDULE),
+        "runs": rows,
+    }
     tmp = RESULTS / ".ioiq.json.tmp"
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(RESULTS / "ioiq.json")

@@ -19,19 +19,23 @@ COLUMNS: tuple[str, ...] = (
 
 
 def layer_table(model: nn.Module) -> list[list[object]]:
-    """One row per quantized layer, in the order of :data:`COLUMNS`."""
+    """One row per quantized layer, in the order of :data:`COLUMNS`.
+
+    Read from each layer's config, which the search and bit-learning callbacks keep up to
+    date (the quantizer modules may be wrapped in search cells or learned-bit wrappers).
+    """
     rows: list[list[object]] = []
     for name, layer in quantized_layers(model):
         cfg = layer.config
-        act = layer.act_quant
+        quantized_input = cfg.act_bits is not None
         rows.append(
             [
                 name,
                 type(layer).float_class.__name__,
                 cfg.scheme,
                 cfg.weight_bits,
-                act.scheme.name if act is not None else "-",
-                act.bits if act is not None else "-",
+                (cfg.act_scheme or cfg.scheme) if quantized_input else "-",
+                cfg.act_bits if quantized_input else "-",
                 cfg.granularity,
                 sum(p.numel() for p in layer.parameters(recurse=False)),
             ]

@@ -101,3 +101,18 @@ def test_format_table_layout():
 def test_format_table_custom_columns():
     text = format_table([["a", 1], ["bbbb", 22]], columns=("x", "yy"))
     assert text.split("\n") == ["x     yy", "----  --", "a     1 ", "bbbb  22"]
+
+
+def test_layer_table_reads_configs_when_quantizers_are_wrapped():
+    """After a scheme search the input quantizers are search cells; the table still works."""
+    from lightning_autoq.quant import Quantizer
+    from lightning_autoq.quant.mixture import SchemeMixture
+
+    model = convert(_model(), POLICY)
+    layer = model[2]
+    cell = SchemeMixture(
+        [Quantizer(n, 4, kind="activation", signed=None) for n in ("clip", "zoom")]
+    )
+    layer.act_quant = cell
+    row = next(r for r in layer_table(model) if r[0] == "2")
+    assert row[4:6] == ["fixed_point", 4]
