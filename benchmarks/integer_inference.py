@@ -30,6 +30,7 @@ from lightning_autoq.callbacks import BatchNormLock, IntegerExport, Quantize
 from lightning_autoq.data import FashionMNISTDataModule
 from lightning_autoq.models import ImageClassifier, resnet20
 from lightning_autoq.runtime import IntegerModel, load, packed_size_bytes
+from lightning_autoq.utils.benchmarking import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POLICY = QuantPolicy(default={"scheme": "int_se", "weight_bits": 8, "act_bits": 8, "bias_bits": 8})
@@ -171,8 +172,7 @@ def main() -> None:
         "latency": latencies(float_copy, integer_model, repeats),
         "train_seconds": round(train_seconds, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(result, args.out)
     plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result, indent=2))
 

@@ -32,6 +32,7 @@ from lightning_autoq.convert import quantized_layers
 from lightning_autoq.data import FashionMNISTDataModule
 from lightning_autoq.export import export_integer
 from lightning_autoq.models import ImageClassifier, resnet20
+from lightning_autoq.utils.benchmarking import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = (0.5, 0.75, 0.875, 1.0)
@@ -192,9 +193,7 @@ def main() -> None:
         "schedule": list(SCHEDULE),
         "runs": rows,
     }
-    tmp = RESULTS / ".ioiq.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(RESULTS / "ioiq.json")
+    write_json(report, RESULTS / "ioiq.json")
     print(f"{'run':32s} {'test acc':>8s} {'drop':>7s}")
     for row in rows:
         print(f"{row['run']:32s} {row['test_acc']:8.4f} {row.get('drop_vs_float', 0.0):7.4f}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -45,7 +44,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import peer_libs as peers  # noqa: E402
-from benchmarks.scheme_search import accelerator  # noqa: E402
 from lightning_autoq import LayerConfig, QuantPolicy, convert  # noqa: E402
 from lightning_autoq.callbacks.batchnorm_lock import BatchNormLock  # noqa: E402
 from lightning_autoq.convert import layer_table  # noqa: E402
@@ -59,6 +57,7 @@ from lightning_autoq.export.integer import (  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.models.checkpoint import load_model_weights  # noqa: E402
 from lightning_autoq.runtime import packed_size_bytes, save  # noqa: E402
+from lightning_autoq.utils.benchmarking import accelerator, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 DEVICES = ("auto", "cpu", "cuda")
@@ -419,13 +418,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, path)
 
 

@@ -16,7 +16,6 @@ Writes ``benchmarks/results/precision_learning.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -36,6 +35,7 @@ from lightning_autoq.callbacks.precision_learning import PrecisionLearning  # no
 from lightning_autoq.convert import quantized_layers, weight_size_bits  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
+from lightning_autoq.utils.benchmarking import write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "precision_learning.json"
 
@@ -186,10 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": results,
         "wall_s": time.perf_counter() - start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(args.out)
+    write_json(report, args.out)
     print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
     return report
 

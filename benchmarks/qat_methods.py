@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.scheme_search import StepTimer, accelerator  # noqa: E402
 from lightning_autoq import LayerConfig, QuantPolicy  # noqa: E402
 from lightning_autoq.callbacks.distillation import KnowledgeDistillation  # noqa: E402
 from lightning_autoq.callbacks.oscillation import (  # noqa: E402
@@ -44,6 +42,7 @@ from lightning_autoq.callbacks.oscillation import (  # noqa: E402
 from lightning_autoq.callbacks.quantize import Quantize  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
+from lightning_autoq.utils.benchmarking import StepTimer, accelerator, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "qat_methods.json"
 DEVICES = ("auto", "cpu", "cuda")
@@ -196,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - start,
     }
     out = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
+    write_json(report, out)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return report
 

@@ -23,7 +23,6 @@ Writes ``benchmarks/results/scheme_search.json`` (``--step-time-only``:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -45,37 +44,10 @@ from lightning_autoq.callbacks.scheme_search import SchemeSearch  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
+from lightning_autoq.utils.benchmarking import StepTimer, accelerator, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheme_search.json"
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class StepTimer(L.Callback):
-    """Wall time of each training step, from batch start (before the theta step) to its end."""
-
-    def __init__(self, skip: int = 3) -> None:
-        self.skip = skip
-        self.times: list[float] = []
-        self._start = 0.0
-        self._seen = 0
-
-    def _sync(self, pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync(pl_module)
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._sync(pl_module)
-        self._seen += 1
-        if self._seen > self.skip:
-            self.times.append(time.perf_counter() - self._start)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times) if self.times else float("nan")
 
 
 def datamodule(args: argparse.Namespace) -> FashionMNISTDataModule:
@@ -89,11 +61,6 @@ def datamodule(args: argparse.Namespace) -> FashionMNISTDataModule:
         augment=not args.quick,
         download=False,
     )
-
-
-def accelerator(device: str) -> str:
-    """Lightning's accelerator name for ``--device``."""
-    return {"cuda": "gpu"}.get(device, device)
 
 
 def _trainer(args: argparse.Namespace, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
@@ -269,10 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = args.out
     if args.step_time_only and out == RESULTS:
         out = RESULTS.with_name("scheme_search_step_time.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
+    write_json(report, out)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return report
 

@@ -1,0 +1,69 @@
+"""Helpers shared by the scripts in ``benchmarks/``: step timing, devices, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+#: ``--device`` choices of the benchmark scripts.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def accelerator(device: str) -> str:
+    """Lightning's accelerator name for ``--device``."""
+    return {"cuda": "gpu"}.get(device, device)
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step, from batch start (before any theta step) to its end.
+
+    Synchronizes CUDA around each step, so GPU times are real; the first ``skip`` steps
+    (warm-up) are not recorded.
+    """
+
+    def __init__(self, skip: int = 3) -> None:
+        self.skip = skip
+        self.times: list[float] = []
+        self._start = 0.0
+        self._seen = 0
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._sync(pl_module)
+        self._seen += 1
+        if self._seen > self.skip:
+            self.times.append(time.perf_counter() - self._start)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
+def write_json(report: dict[str, Any], path: Path) -> Path:
+    """Write ``report`` as indented JSON atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["DEVICES", "StepTimer", "accelerator", "write_json"]
