@@ -144,7 +144,8 @@ def main() -> None:
     float_copy.load_state_dict(float_model.state_dict())
     float_copy.eval()
 
-    classifier = ImageClassifier(classifier.model, lr=0.01, scheduler="cosine")
+    float_model.train()  # Lightning keeps a module's eval mode during fit: train it in train mode
+    classifier = ImageClassifier(float_model, lr=0.01, scheduler="cosine")
     path = root / "resnet20_int8.int.safetensors"
     export = IntegerExport(path=str(path), check_batches=4)
     callbacks = [Quantize(POLICY, module_name="model"), BatchNormLock(lock_epoch=0), export]
