@@ -14,7 +14,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lightning_autoq.quant.functional import code_range, std, step_floor
+from lightning_autoq.quant.functional import (
+    code_range,
+    std,
+    std_and_abs_max,
+    step_floor,
+    step_floor_given_max,
+)
 from lightning_autoq.quant.schemes.base import Params, UniformScheme, positive, register_scheme
 from lightning_autoq.quant.uniform import UniformGrid
 
@@ -66,8 +72,9 @@ class Clip(UniformScheme):
         return ("scale",)
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
-        a = CLIP_FACTORS[self.bits - 1] * std(x, dims)
-        return {"scale": torch.maximum(a, step_floor(x, dims))}
+        sigma, top = std_and_abs_max(x, dims)  # max|x| is shared with the step floor
+        a = CLIP_FACTORS[self.bits - 1] * sigma
+        return {"scale": torch.maximum(a, step_floor_given_max(top))}
 
     def grid(self, params: Params, signed: bool) -> UniformGrid:
         lo, hi = code_range(self.bits, signed)
