@@ -25,8 +25,6 @@ from lightning_autoq.quant import Quantizer
 from lightning_autoq.quant.functional import exponent_quantize, shared_exponent
 from lightning_autoq.quant.incremental import IncrementalWeight
 from lightning_autoq.quant.mixture import SchemeMixture
-from lightning_autoq.quant.schemes.base import UniformScheme
-from lightning_autoq.quant.uniform import uniform_fake_quant
 
 if TYPE_CHECKING:
     from lightning_autoq.convert.policy import LayerConfig
@@ -86,20 +84,6 @@ def _has_exponent(q: object) -> bool:
     return isinstance(q, Quantizer) and "exponent" in q.scheme.param_names()
 
 
-def _quantize_once(q: Quantizer, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``q(x)`` for a power-of-two uniform quantizer and its exponent, estimated once.
-
-    Mirrors ``Quantizer.forward`` for uniform schemes (tested equal bit for bit), so the
-    exponent search runs once per forward instead of again for the bias.
-    """
-    params = q.parameters_for(x)
-    grid = q.scheme.grid(params, q.signed())  # type: ignore[attr-defined]
-    out = uniform_fake_quant(
-        x.float(), grid, clipped=q.backward == "clipped", ratio=q.grad_ratio
-    ).to(x.dtype)
-    return out, params["exponent"]
-
-
 def quantize_weight(weight_quant: nn.Module, weight: Tensor) -> tuple[Tensor, Tensor | None]:
     """``weight_quant(weight)`` and the weight exponent ``s_w`` it used, computed once.
 
@@ -119,8 +103,9 @@ def quantize_weight(weight_quant: nn.Module, weight: Tensor) -> tuple[Tensor, Te
         if bool(weight_quant.started):
             return weight_quant(weight), weight_quant.grid().get("exponent")  # type: ignore[return-value]
         return quantize_weight(weight_quant.quantizer, weight)
-    if _has_exponent(weight_quant) and isinstance(weight_quant.scheme, UniformScheme):
-        return _quantize_once(weight_quant, weight)  # type: ignore[arg-type]
+    if _has_exponent(weight_quant):
+        out, params = weight_quant.quantize_with_params(weight)  # type: ignore[operator]
+        return out, params["exponent"]
     return weight_quant(weight), None  # type: ignore[return-value]
 
 

@@ -258,26 +258,34 @@ class Quantizer(nn.Module):
     def forward(self, x: Tensor | None) -> Tensor | None:
         if x is None:
             return None
+        return self.quantize_with_params(x)[0]
+
+    def quantize_with_params(self, x: Tensor) -> tuple[Tensor, Params]:
+        """The fake-quantized ``x`` and the scheme parameters it used (e.g. an INT-SE exponent).
+
+        Callers that need the parameters too (the INT-SE bias window) get them without a
+        second estimate.
+        """
         if self.backward == SCHEME_BACKWARD:  # the scheme's own gradient to the live input
             source = x.float()
             if self.grad_ratio != 1.0:
                 source = grad_scale(source, self.grad_ratio)
             params = self.parameters_for(source)
-            return self.scheme.quantize(source, params, self.signed()).to(x.dtype)
+            return self.scheme.quantize(source, params, self.signed()).to(x.dtype), params
         params = self.parameters_for(x)
         signed = self.signed()
         if isinstance(self.scheme, UniformScheme):  # one fused node for value and gradients
             grid = self.scheme.grid(params, signed)
             clipped = self.backward == "clipped"
-            return uniform_fake_quant(x.float(), grid, clipped=clipped, ratio=self.grad_ratio).to(
-                x.dtype
-            )
+            out = uniform_fake_quant(x.float(), grid, clipped=clipped, ratio=self.grad_ratio)
+            return out.to(x.dtype), params
         q = self.scheme.quantize(x.detach().float(), params, signed)
         lo = hi = None
         if self.backward == "clipped":
             lo, hi = self.scheme.bounds(params, signed)
             lo, hi = lo.detach(), hi.detach()
-        return attach_gradient(x.float(), q, self.backward, self.grad_ratio, lo, hi).to(x.dtype)
+        out = attach_gradient(x.float(), q, self.backward, self.grad_ratio, lo, hi)
+        return out.to(x.dtype), params
 
     def extra_repr(self) -> str:
         parts = [f"{self.scheme.name}", f"bits={self.bits}", f"kind={self.kind}"]
