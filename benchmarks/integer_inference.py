@@ -29,7 +29,7 @@ from lightning_autoq import QuantPolicy
 from lightning_autoq.callbacks import BatchNormLock, IntegerExport, Quantize
 from lightning_autoq.data import FashionMNISTDataModule
 from lightning_autoq.models import ImageClassifier, resnet20
-from lightning_autoq.runtime import IntegerModel, load, packed_size_bytes
+from lightning_autoq.runtime import IntegerModel, count_correct, load, packed_size_bytes
 from lightning_autoq.utils.benchmarking import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,12 +51,8 @@ def trainer(epochs: int, root: Path, callbacks: list[L.Callback], limit: float) 
     )
 
 
-@torch.no_grad()
 def accuracy(predict: Any, loader: Any) -> float:
-    correct = total = 0
-    for x, y in loader:
-        correct += int((predict(x).argmax(1) == y).sum())
-        total += int(y.numel())
+    correct, total = count_correct(predict, loader)
     return correct / total
 
 
@@ -155,7 +151,7 @@ def main() -> None:
     simulation = classifier.model.cpu().eval()
     integer_model = IntegerModel(load(path))
     fake_acc = accuracy(simulation, test_loader)
-    int_acc = accuracy(lambda x: integer_model(integer_model.quantize_input(x)), test_loader)
+    int_acc = accuracy(integer_model.predict, test_loader)
     sizes = packed_size_bytes(integer_model.program)
     result = {
         "command": "python benchmarks/integer_inference.py" + (" --quick" if args.quick else ""),

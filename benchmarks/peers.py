@@ -226,7 +226,7 @@ def integer_export(
         mismatches += report.mismatches
         elements += report.elements
         with torch.no_grad():
-            logits = integer_model(integer_model.quantize_input(x))
+            logits = integer_model.predict(x)
         correct += int((logits.argmax(1) == y).sum())
         total += int(y.numel())
     path = save(integer_model.program, Path(args.out_dir) / f"{name}.int.safetensors")

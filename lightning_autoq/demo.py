@@ -25,13 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from lightning_autoq.callbacks import IntegerExport, PrecisionLearning
 from lightning_autoq.cli import create_cli
 from lightning_autoq.convert import quantized_layers, weight_size_bits
 from lightning_autoq.convert.report import format_table, layer_table
-from lightning_autoq.runtime import IntegerModel, load, packed_size_bytes
+from lightning_autoq.runtime import IntegerModel, count_correct, load, packed_size_bytes
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 STAGES: tuple[tuple[str, str], ...] = (
@@ -79,14 +77,10 @@ def run_stage(stage: str, recipe: Path) -> StageResult:
     return result
 
 
-@torch.no_grad()
 def evaluate_integer(path: Path, loader: Iterable[Any]) -> dict[str, object]:
     """Load the exported file with the runtime alone and test it."""
     model = IntegerModel(load(path))
-    correct = total = 0
-    for x, y in loader:
-        correct += int((model(model.quantize_input(x)).argmax(1) == y).sum())
-        total += int(y.numel())
+    correct, total = count_correct(model.predict, loader)
     return {
         "file": str(path),
         "file_bytes": path.stat().st_size,

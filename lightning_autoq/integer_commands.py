@@ -19,7 +19,7 @@ import torch
 
 from lightning_autoq.callbacks.integer_export import IntegerExport
 from lightning_autoq.cli import create_cli
-from lightning_autoq.runtime import IntegerModel, load
+from lightning_autoq.runtime import IntegerModel, count_correct, load
 
 
 def _recipe_args(configs: list[str], rest: list[str]) -> list[str]:
@@ -58,11 +58,8 @@ def run_integer_main(argv: list[str]) -> float:
     datamodule.prepare_data()
     datamodule.setup("validate" if args.split == "val" else "test")
     loader = datamodule.val_dataloader() if args.split == "val" else datamodule.test_dataloader()
-    correct = total = 0
     start = time.perf_counter()
-    for x, y in loader:
-        correct += int((model(model.quantize_input(x)).argmax(1) == y).sum())
-        total += int(y.numel())
+    correct, total = count_correct(model.predict, loader)
     seconds = time.perf_counter() - start
     accuracy = correct / max(total, 1)
     print(

@@ -156,7 +156,7 @@ def _accuracies(
     for batch in loader:
         x, y = _inputs(batch), batch[1].cpu()
         correct_sim += int((simulation(x).argmax(1) == y).sum())
-        correct_int += int((integer_model(integer_model.quantize_input(x)).argmax(1) == y).sum())
+        correct_int += int((integer_model.predict(x).argmax(1) == y).sum())
         total += int(y.numel())
     return {
         "integer/val_acc": correct_int / max(total, 1),

@@ -8,8 +8,17 @@ Example:
     >>> logits = model(model.quantize_input(images))  # doctest: +SKIP
 """
 
+from lightning_autoq.runtime.evaluate import count_correct
 from lightning_autoq.runtime.executor import IntegerModel
 from lightning_autoq.runtime.format import load, packed_size_bytes, save
 from lightning_autoq.runtime.program import IntegerProgram, Node
 
-__all__ = ["IntegerModel", "IntegerProgram", "Node", "load", "packed_size_bytes", "save"]
+__all__ = [
+    "IntegerModel",
+    "IntegerProgram",
+    "Node",
+    "count_correct",
+    "load",
+    "packed_size_bytes",
+    "save",
+]

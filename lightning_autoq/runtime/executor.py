@@ -50,6 +50,10 @@ class IntegerModel:
         codes = torch.round(x.double() * 2.0 ** (-self.program.input_exponent))
         return torch.clamp(codes, lo, hi).to(torch.int32)
 
+    def predict(self, x: Tensor) -> Tensor:
+        """The integer logits of a float batch: :meth:`quantize_input`, then the model."""
+        return self(self.quantize_input(x))
+
     def __call__(self, codes: Tensor) -> Tensor:
         return self.run(codes)[self.program.output_name]
 
