@@ -1,9 +1,14 @@
-"""Argument helpers shared by the callbacks: the module they act on, epoch numbers."""
+"""Helpers shared by the callbacks: the module they act on, epoch numbers, their outputs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+
+from lightning_autoq.convert.policy import QuantPolicy
 
 
 def target_module(pl_module: L.LightningModule, module_name: str | None) -> nn.Module:
@@ -24,3 +29,20 @@ def check_epoch(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {minimum}")
     return value
+
+
+def run_folder(trainer: L.Trainer) -> Path:
+    """The logger's folder, else ``default_root_dir``; a collective call under DDP."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def save_policy(trainer: L.Trainer, policy: QuantPolicy, filename: str, what: str) -> Path:
+    """Write ``policy`` to ``<run folder>/<filename>`` on rank 0; the path on every rank.
+
+    ``what`` starts the log line, e.g. ``"SchemeSearch: fixed policy"``.
+    """
+    path = run_folder(trainer) / filename  # on every rank: Trainer.log_dir broadcasts
+    if trainer.is_global_zero:
+        policy.save(path)
+        rank_zero_info(f"{what} written to {path}")
+    return path

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from lightning_autoq.callbacks.arguments import target_module
+from lightning_autoq.callbacks.arguments import run_folder, target_module
 from lightning_autoq.export.integer import (
     ExportError,
     compare_with_simulation,
@@ -83,9 +83,10 @@ class IntegerExport(L.Callback):
         return target_module(pl_module, name)
 
     def _target_path(self, trainer: L.Trainer) -> Path:
+        """The file to write; call on every rank (the run folder is a collective call)."""
         if self.path is not None:
             return Path(self.path)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "model.int.safetensors"
+        return run_folder(trainer) / "model.int.safetensors"
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> IntegerModel:
         """Export, check, optionally evaluate, log and write (rank 0 writes)."""
@@ -114,8 +115,9 @@ class IntegerExport(L.Callback):
         sizes = packed_size_bytes(program)
         self.metrics["integer/weight_bytes"] = float(sizes["weights"])
         self.integer_model = integer_model
+        target = self._target_path(trainer)
         if trainer.is_global_zero:
-            self.written = save(program, self._target_path(trainer))
+            self.written = save(program, target)
             rank_zero_info(
                 f"IntegerExport: wrote {self.written} ({self.written.stat().st_size} bytes; "
                 f"packed weights {sizes['weights']} bytes); checked bit-exact on "

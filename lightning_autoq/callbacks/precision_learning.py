@@ -20,7 +20,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from lightning_autoq.callbacks.arguments import check_epoch, target_module
+from lightning_autoq.callbacks.arguments import (
+    check_epoch,
+    run_folder,
+    save_policy,
+    target_module,
+)
 from lightning_autoq.convert import QuantPolicy, layer_configs, quantized_layers
 from lightning_autoq.convert.budget import SizeTerm, budget_in_bits
 from lightning_autoq.convert.policy import MAX_BITS, PATTERN_PREFIX
@@ -511,10 +516,9 @@ class PrecisionLearning(L.Callback):
             size = term.size_of({k: bits[k] for k in term.names})
             assert size <= term.budget_bits, (term.what, size, term.budget_bits)
         if trainer is not None:
-            self.policy_path = self.log_dir(trainer) / POLICY_FILE
-            if trainer.is_global_zero:
-                self.policy.save(self.policy_path)
-                rank_zero_info(f"PrecisionLearning: learned policy written to {self.policy_path}")
+            self.policy_path = save_policy(
+                trainer, self.policy, POLICY_FILE, "PrecisionLearning: learned policy"
+            )
         return self.policy
 
     def _sync_configs(self) -> None:
@@ -539,10 +543,6 @@ class PrecisionLearning(L.Callback):
             )
 
     # ------------------------------------------------------------------ logging
-    def log_dir(self, trainer: L.Trainer) -> Path:
-        """The logger's folder, else ``default_root_dir``; a collective call under DDP."""
-        return Path(trainer.log_dir or trainer.default_root_dir)
-
     def current_bits(self) -> dict[str, int]:
         """``{"<layer>.<w|a>": bits}`` of every learned tensor."""
         return {s.key: self.slot_bits(s) for s in self._slots}
@@ -562,7 +562,7 @@ class PrecisionLearning(L.Callback):
             assert term is not None
             metrics["autoq/memory_bytes"] = term.size_of(bits) / 8
         pl_module.log_dict(metrics, on_step=False, on_epoch=True)
-        folder = self.log_dir(trainer)  # on every rank: Trainer.log_dir broadcasts
+        folder = run_folder(trainer)  # on every rank: Trainer.log_dir broadcasts
         if not learning or not trainer.is_global_zero:
             return
         size = metrics["autoq/model_size_bytes"]

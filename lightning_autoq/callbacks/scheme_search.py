@@ -19,11 +19,11 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_autoq.callbacks.arguments import target_module
+from lightning_autoq.callbacks.arguments import run_folder, save_policy, target_module
 from lightning_autoq.convert import QuantPolicy, layer_configs, quantized_layers
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.quant import AUTOQNN_SCHEMES, Quantizer, available_schemes, scheme_class
@@ -481,10 +481,9 @@ class SchemeSearch(L.Callback):
         assert self._model is not None
         self.policy = QuantPolicy.explicit(layer_configs(self._model))
         if trainer is not None:
-            self.policy_path = self.log_dir(trainer) / POLICY_FILE
-            if trainer.is_global_zero:
-                self.policy.save(self.policy_path)
-                rank_zero_info(f"SchemeSearch: fixed policy written to {self.policy_path}")
+            self.policy_path = save_policy(
+                trainer, self.policy, POLICY_FILE, "SchemeSearch: fixed policy"
+            )
         return self.policy
 
     def _sync_configs(self) -> None:
@@ -513,10 +512,6 @@ class SchemeSearch(L.Callback):
                 layer.config = layer.config.replace(**changes)
 
     # ------------------------------------------------------------------ logging
-    def log_dir(self, trainer: L.Trainer) -> Path:
-        """The logger's folder, else ``default_root_dir``; a collective call under DDP."""
-        return Path(trainer.log_dir or trainer.default_root_dir)
-
     def chosen_schemes(self) -> dict[str, str]:
         """``{"<layer>.<weight|activation>": scheme}`` of every fixed cell."""
         return {
@@ -534,7 +529,7 @@ class SchemeSearch(L.Callback):
 
     def log_distributions(self, trainer: L.Trainer, epoch: int) -> None:
         """Table (every epoch so far) and heatmap of the distributions, on rank 0."""
-        folder = self.log_dir(trainer)  # on every rank: Trainer.log_dir broadcasts
+        folder = run_folder(trainer)  # on every rank: Trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return
         schemes = list(dict.fromkeys([*self.candidates["weight"], *self.candidates["activation"]]))
