@@ -57,7 +57,12 @@ from lightning_autoq.export.integer import (  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.models.checkpoint import load_model_weights  # noqa: E402
 from lightning_autoq.runtime import packed_size_bytes, save  # noqa: E402
-from lightning_autoq.utils.benchmarking import accelerator, write_json  # noqa: E402
+from lightning_autoq.utils.benchmarking import (  # noqa: E402
+    accelerator,
+    add_run_arguments,
+    require_device,
+    write_json,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "peers.json"
 DEVICES = ("auto", "cpu", "cuda")
@@ -451,13 +456,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--warmup-steps", type=int, default=None, help="untimed steps before them (32; quick: 3)"
     )
-    p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--out-dir", default="runs/benchmarks/peers")
+    add_run_arguments(p, RESULTS, "runs/benchmarks/peers")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.fp_epochs = 1, 1
@@ -467,8 +467,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.steps = args.steps or (3 if args.quick else 20)
     if args.warmup_steps is None:
         args.warmup_steps = 3 if args.quick else 32
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
+    require_device(p, args.device)
     if args.epochs < 1 or args.fp_epochs < 1:
         p.error(f"--epochs={args.epochs} and --fp-epochs={args.fp_epochs} must be >= 1")
     if args.threads is not None and args.threads < 1:

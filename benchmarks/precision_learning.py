@@ -35,7 +35,7 @@ from lightning_autoq.callbacks.precision_learning import PrecisionLearning  # no
 from lightning_autoq.convert import quantized_layers, weight_size_bits  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
-from lightning_autoq.utils.benchmarking import write_json  # noqa: E402
+from lightning_autoq.utils.benchmarking import add_run_arguments, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "precision_learning.json"
 
@@ -149,13 +149,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits-lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--init-checkpoint", default=None, help="float weights to start from")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--out-dir", default="runs/benchmarks/precision_learning")
+    add_run_arguments(p, RESULTS, "runs/benchmarks/precision_learning")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.qpl_epochs = 2, 1

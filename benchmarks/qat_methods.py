@@ -42,7 +42,13 @@ from lightning_autoq.callbacks.oscillation import (  # noqa: E402
 from lightning_autoq.callbacks.quantize import Quantize  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
-from lightning_autoq.utils.benchmarking import StepTimer, accelerator, write_json  # noqa: E402
+from lightning_autoq.utils.benchmarking import (  # noqa: E402
+    StepTimer,
+    accelerator,
+    add_run_arguments,
+    require_device,
+    write_json,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "qat_methods.json"
 DEVICES = ("auto", "cpu", "cuda")
@@ -136,19 +142,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.01, help="QAT peak learning rate")
     p.add_argument("--fp-lr", type=float, default=0.1)
-    p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--out-dir", default="runs/benchmarks/qat_methods")
+    add_run_arguments(p, RESULTS, "runs/benchmarks/qat_methods")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.fp_epochs = 1, 1
         args.train_subset = args.train_subset or 1000
         args.test_subset = args.test_subset or 500
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
+    require_device(p, args.device)
     if args.epochs < 1 or args.fp_epochs < 1:
         p.error(f"--epochs={args.epochs} and --fp-epochs={args.fp_epochs} must be >= 1")
     bad = [b for b in args.bits if not 2 <= b <= 4]

@@ -44,7 +44,13 @@ from lightning_autoq.callbacks.scheme_search import SchemeSearch  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
 from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
-from lightning_autoq.utils.benchmarking import StepTimer, accelerator, write_json  # noqa: E402
+from lightning_autoq.utils.benchmarking import (  # noqa: E402
+    StepTimer,
+    accelerator,
+    add_run_arguments,
+    require_device,
+    write_json,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "scheme_search.json"
 DEVICES = ("auto", "cpu", "cuda")
@@ -191,21 +197,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--act-candidates", nargs="+", default=list(AUTOQNN_SCHEMES))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--train-subset", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--search-size", type=int, default=11000)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--out-dir", default="runs/benchmarks/scheme_search")
+    add_run_arguments(p, RESULTS, "runs/benchmarks/scheme_search")
     args = p.parse_args(argv)
     if args.quick:
         args.epochs, args.search_epochs = 1, 1
         args.train_subset = args.train_subset or 2000
         args.test_subset = args.test_subset or 1000
         args.search_size = min(args.search_size, 500)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
+    require_device(p, args.device)
     if args.steps < 3 or args.rounds < 1 or args.theta_every < 1:
         p.error("--steps must be >= 3 (2 warm-up steps), --rounds and --theta-every >= 1")
     if not 0 < args.search_epochs <= args.epochs:

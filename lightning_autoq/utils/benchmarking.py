@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -14,6 +15,22 @@ import torch
 
 #: ``--device`` choices of the benchmark scripts.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path, out_dir: str) -> None:
+    """The options every training benchmark takes: data subsets, device, output places."""
+    parser.add_argument("--train-subset", type=int, default=None, help="training images")
+    parser.add_argument("--test-subset", type=int, default=None, help="test images")
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    parser.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
+    parser.add_argument("--out", type=Path, default=results, help="the result JSON")
+    parser.add_argument("--out-dir", default=out_dir, help="run folder (checkpoints, logs)")
+
+
+def require_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """Stop with a parser error when ``--device cuda`` has no CUDA device."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
 
 
 def accelerator(device: str) -> str:
@@ -66,4 +83,11 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-__all__ = ["DEVICES", "StepTimer", "accelerator", "write_json"]
+__all__ = [
+    "DEVICES",
+    "StepTimer",
+    "accelerator",
+    "add_run_arguments",
+    "require_device",
+    "write_json",
+]
