@@ -42,6 +42,24 @@ class ExportError(ValueError):
     """The model cannot be exported as an integer-only program (the message says why)."""
 
 
+#: fx call_function targets -> the operation they are lowered as.
+_FUNCTION_KINDS: dict[Any, str] = {
+    operator.add: "add",
+    torch.add: "add",
+    F.relu: "relu",
+    torch.relu: "relu",
+    F.relu6: "relu6",
+    F.hardtanh: "hardtanh",
+    torch.flatten: "flatten",
+    F.adaptive_avg_pool1d: "adaptive_avg_pool",
+    F.adaptive_avg_pool2d: "adaptive_avg_pool",
+    F.max_pool2d: "max_pool",
+    F.avg_pool2d: "avg_pool",
+    operator.getitem: "getitem",
+    F.pad: "pad",
+}
+
+
 @dataclass
 class _Value:
     """A program value: integer tensor ``name`` for ``v * 2**exponent / divisor``."""
@@ -88,7 +106,11 @@ def _bits_of(bound: Tensor) -> int:
 
 
 class Lowering:
-    """Builds an :class:`IntegerProgram` from a BN-locked, fake-quantized model in eval mode."""
+    """Builds an :class:`IntegerProgram` from a BN-locked, fake-quantized model in eval mode.
+
+    Takes a :func:`~lightning_autoq.export.integer.lock_for_export` copy, which has checked
+    that every input quantizer has seen data (tracing shapes runs the model once).
+    """
 
     def __init__(self, model: nn.Module, example_input: Tensor) -> None:
         self.model = model
@@ -239,22 +261,7 @@ class Lowering:
         target = node.target
         if node.op == "call_method":
             return str(target)
-        table = {
-            operator.add: "add",
-            torch.add: "add",
-            F.relu: "relu",
-            torch.relu: "relu",
-            F.relu6: "relu6",
-            F.hardtanh: "hardtanh",
-            torch.flatten: "flatten",
-            F.adaptive_avg_pool1d: "adaptive_avg_pool",
-            F.adaptive_avg_pool2d: "adaptive_avg_pool",
-            F.max_pool2d: "max_pool",
-            F.avg_pool2d: "avg_pool",
-            operator.getitem: "getitem",
-            F.pad: "pad",
-        }
-        return table.get(target, getattr(target, "__name__", str(target)))  # type: ignore[arg-type]
+        return _FUNCTION_KINDS.get(target, getattr(target, "__name__", str(target)))  # type: ignore[arg-type]
 
     def _function(self, node: fx.Node) -> _Value:
         kind = self._functional_kind(node)
@@ -401,19 +408,12 @@ class Lowering:
     def _input_codes(
         self, node: fx.Node, name: str, act: nn.Module, x_in: Any
     ) -> tuple[str, int, int, int]:
-        if not bool(getattr(act, "initialized", torch.tensor(True))) and act.stateful:
-            raise ExportError(
-                f"layer {name!r}: its input quantizer has seen no data; train or calibrate "
-                "(run a few batches) before export"
-            )
         scheme = act.scheme
         if not isinstance(scheme, UniformScheme):
             raise ExportError(
                 f"layer {name!r}: input scheme {scheme.name!r} has no integer form; "
                 f"integer-only export needs power-of-two scales: {', '.join(POWER_OF_TWO_SCHEMES)}"
             )
-        if int(act.signed_state) < 0:
-            raise ExportError(f"layer {name!r}: input signedness undecided; run a batch first")
         shape = self._shape(x_in)
         with torch.no_grad():
             probe = torch.zeros(shape, dtype=torch.float32)
