@@ -176,14 +176,6 @@ def main() -> None:
     reference = run_float(fp_state, data, 1 + len(SCHEDULE) + tail, root)
     print(json.dumps(reference), flush=True)
     rows = [fp_row, reference]
-    for bits, strategy, candidates in runs:
-        row = run_ioiq(fp_state, data, bits, strategy, candidates, tail, root)
-        row["run"] = f"ioiq int{bits} {strategy} c{candidates}"
-        row["drop_vs_float"] = round(reference["test_acc"] - row["test_acc"], 4)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "python benchmarks/ioiq.py " + " ".join(sys.argv[1:]),
         "quick": quick,
@@ -191,8 +183,19 @@ def main() -> None:
         "train_subset": 1024 if quick else args.train_subset,
         "threads": torch.get_num_threads(),
         "schedule": list(SCHEDULE),
+        "complete": False,
         "runs": rows,
     }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for bits, strategy, candidates in runs:
+        row = run_ioiq(fp_state, data, bits, strategy, candidates, tail, root)
+        row["run"] = f"ioiq int{bits} {strategy} c{candidates}"
+        row["drop_vs_float"] = round(reference["test_acc"] - row["test_acc"], 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        write_json(report, RESULTS / "ioiq.json")  # a killed run keeps the rows it finished
+
+    report["complete"] = True
     write_json(report, RESULTS / "ioiq.json")
     print(f"{'run':32s} {'test acc':>8s} {'drop':>7s}")
     for row in rows:
