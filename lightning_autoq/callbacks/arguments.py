@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_autoq.convert.policy import QuantPolicy
+from lightning_autoq.convert.policy import QuantPolicy, check_keys_match, check_layer_keys
 
 
 def target_module(pl_module: L.LightningModule, module_name: str | None) -> nn.Module:
@@ -29,6 +30,18 @@ def check_epoch(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {minimum}")
     return value
+
+
+def check_layer_patterns(what: str, keys: object, layer_names: Sequence[str]) -> list[str]:
+    """``keys`` (layer names or ``re:`` patterns) as a list, each matching a layer.
+
+    Raises:
+        ValueError: ``keys`` is a bare string or not a list of strings, or one key matches
+            none of ``layer_names`` (the message names it and lists the layers).
+    """
+    checked = check_layer_keys(what, keys)
+    check_keys_match(f"{what} entry", checked, layer_names)
+    return checked
 
 
 def run_folder(trainer: L.Trainer) -> Path:

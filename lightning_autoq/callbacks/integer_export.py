@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from lightning_autoq.callbacks.arguments import run_folder, target_module
+from lightning_autoq.callbacks.distributed import broadcast_, sum_over_ranks
 from lightning_autoq.export.integer import (
     ExportError,
     compare_with_simulation,
@@ -38,6 +39,9 @@ class IntegerExport(L.Callback):
     (safetensors + JSON graph; nothing is written if a check fails).
     With ``evaluate``, the integer model's accuracy on the validation data is logged as
     ``integer/val_acc`` next to the fake-quantized model's ``integer/simulation_val_acc``.
+    Under DDP every rank exports rank 0's model (its buffers, e.g. running ranges, are
+    broadcast first), the accuracies count the samples of every rank, and rank 0 alone writes
+    the file and logs (the other ranks wait for it, then know its path).
 
     Args:
         path: the file to write; None = ``<trainer.log_dir>/model.int.safetensors``.
@@ -91,6 +95,7 @@ class IntegerExport(L.Callback):
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> IntegerModel:
         """Export, check, optionally evaluate, log and write (rank 0 writes)."""
         model = self._module(pl_module)
+        broadcast_(list(model.buffers()))  # DDP re-broadcasts them at each forward anyway
         loader = _validation_loader(trainer)
         batches = [_inputs(b) for b in islice(iter(loader), self.check_batches)]
         if not batches:
@@ -117,16 +122,18 @@ class IntegerExport(L.Callback):
         self.integer_model = integer_model
         target = self._target_path(trainer)
         if trainer.is_global_zero:
-            self.written = save(program, target)
+            save(program, target)
             rank_zero_info(
-                f"IntegerExport: wrote {self.written} ({self.written.stat().st_size} bytes; "
+                f"IntegerExport: wrote {target} ({target.stat().st_size} bytes; "
                 f"packed weights {sizes['weights']} bytes); checked bit-exact on "
                 f"{len(batches)} batches; {self.metrics}"
             )
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
-        rows = [[row[c] for c in REPORT_COLUMNS] for row in program.report]
-        log_table(trainer.loggers, "integer/layers", REPORT_COLUMNS, rows)
+            for logger in trainer.loggers:
+                logger.log_metrics(self.metrics, step=trainer.global_step)
+            rows = [[row[c] for c in REPORT_COLUMNS] for row in program.report]
+            log_table(trainer.loggers, "integer/layers", REPORT_COLUMNS, rows)
+        trainer.strategy.barrier("IntegerExport")  # the file exists once any rank goes on
+        self.written = target
         return integer_model
 
 
@@ -160,6 +167,7 @@ def _accuracies(
         correct_sim += int((simulation(x).argmax(1) == y).sum())
         correct_int += int((integer_model.predict(x).argmax(1) == y).sum())
         total += int(y.numel())
+    correct_sim, correct_int, total = sum_over_ranks([correct_sim, correct_int, total])
     return {
         "integer/val_acc": correct_int / max(total, 1),
         "integer/simulation_val_acc": correct_sim / max(total, 1),

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_autoq.callbacks.arguments import check_epoch, target_module
+from lightning_autoq.callbacks.distributed import average_
 from lightning_autoq.convert import quantized_layers
 from lightning_autoq.quant import Quantizer
 from lightning_autoq.quant.mixture import SchemeMixture
@@ -206,7 +207,9 @@ class OscillationFreezing(_EpochSchedule):
     epoch range) is frozen at the level of ``round(e)``: its value is written back after every
     step and its gradient is zeroed. At the end of training the batch-norm running statistics
     are re-estimated on ``bn_batches`` training batches (cumulative average), since freezing
-    shifts the layers' outputs. The state (EMAs, frozen masks) is saved in checkpoints.
+    shifts the layers' outputs; under DDP each rank averages its share of the batches and the
+    statistics are averaged over the ranks, so every rank ends with the same model. The state
+    (EMAs, frozen masks) is saved in checkpoints.
 
     Args:
         threshold_start: frequency threshold at ``start_epoch`` (ours; the paper tunes one
@@ -341,6 +344,13 @@ class OscillationFreezing(_EpochSchedule):
             return
         model = target_module(pl_module, self.module_name)
         seen = reestimate_batchnorm(pl_module, model, trainer.train_dataloader, self.bn_batches)
+        average_(
+            t
+            for bn in model.modules()
+            if isinstance(bn, _BatchNorm) and bn.track_running_stats
+            for t in (bn.running_mean, bn.running_var)
+            if t is not None
+        )
         rank_zero_info(
             f"OscillationFreezing: {100 * self.frozen_fraction():.2f}% of the weights frozen; "
             f"batch-norm statistics re-estimated on {seen} batches"

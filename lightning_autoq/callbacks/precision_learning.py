@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lightning_autoq.callbacks.arguments import (
     check_epoch,
+    check_layer_patterns,
     run_folder,
     save_policy,
     target_module,
@@ -206,6 +207,7 @@ class PrecisionLearning(L.Callback):
         self._act_elements: dict[str, int] = {}
         self._hooks: list[Any] = []
         self._pending_state: dict[str, Any] | None = None
+        self._restored_policy = False
         self._history: list[list[object]] = []
 
     @property
@@ -235,6 +237,7 @@ class PrecisionLearning(L.Callback):
                 "PrecisionLearning(...)])"
             )
         self._model = model
+        self.exclude = check_layer_patterns("exclude", self.exclude, [n for n, _ in layers])
         learn = {"weight": self.learn_weights, "activation": self.learn_activations}
         for name, layer in layers:
             self._layers[name] = layer
@@ -424,6 +427,12 @@ class PrecisionLearning(L.Callback):
             self.optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
         self._sync_configs()
+        if self._restored_policy and self.policy is not None:
+            # Resumed after the freeze: the policy file belongs in this run's folder too.
+            self._restored_policy = False
+            self.policy_path = save_policy(
+                trainer, self.policy, POLICY_FILE, "PrecisionLearning: learned policy (restored)"
+            )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -594,6 +603,7 @@ class PrecisionLearning(L.Callback):
             "history": self._history,
             "activation_elements": dict(self._act_elements),
             "signature": self._signature(),
+            "policy": None if self.policy is None else self.policy.to_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -607,6 +617,10 @@ class PrecisionLearning(L.Callback):
         self._history = [list(r) for r in state_dict.get("history", [])]
         self._act_elements.update(state_dict.get("activation_elements", {}))
         self._sync_configs()
+        policy = state_dict.get("policy")
+        if policy is not None:  # frozen before the checkpoint: on_fit_start writes it again
+            self.policy = QuantPolicy.from_dict(policy)
+            self._restored_policy = True
 
 
 def save_bits_plot(history: Sequence[Sequence[object]], path: Path) -> Path:

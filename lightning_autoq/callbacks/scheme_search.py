@@ -197,6 +197,7 @@ class SchemeSearch(L.Callback):
         self._layers: dict[str, QuantLayer] = {}
         self._cells: list[tuple[str, str, SchemeMixture]] = []  # (layer, kind, cell)
         self._pending_state: dict[str, Any] | None = None
+        self._restored_policy = False
         self._history: list[list[object]] = []
         self._generator: torch.Generator | None = None  # made in setup (ddp_spawn pickles us)
         self._iterator: Iterator[Any] | None = None
@@ -335,6 +336,12 @@ class SchemeSearch(L.Callback):
             self.optimizer.load_state_dict(self._pending_state)
             self._pending_state = None
         self._sync_configs()
+        if self._restored_policy and self.policy is not None:
+            # Resumed after the fix: the policy file belongs in this run's folder too.
+            self._restored_policy = False
+            self.policy_path = save_policy(
+                trainer, self.policy, POLICY_FILE, "SchemeSearch: fixed policy (restored)"
+            )
         if self._loader is None and not self.fixed:
             self._loader = self._resolve_loader(trainer)
 
@@ -554,6 +561,7 @@ class SchemeSearch(L.Callback):
             "history": self._history,
             "candidates": {k: list(v) for k, v in self.candidates.items()},
             "mode": self.mode,
+            "policy": None if self.policy is None else self.policy.to_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -567,6 +575,10 @@ class SchemeSearch(L.Callback):
         self._pending_state = state_dict.get("optimizer")
         self._history = list(state_dict.get("history", []))
         self._sync_configs()  # model state (``chosen``) is restored before callback state
+        policy = state_dict.get("policy")
+        if policy is not None:  # fixed before the checkpoint: on_fit_start writes it again
+            self.policy = QuantPolicy.from_dict(policy)
+            self._restored_policy = True
 
 
 def save_heatmap(

@@ -15,6 +15,7 @@ from torch import nn
 
 from lightning_autoq.convert.policy import LayerConfig, QuantPolicy
 from lightning_autoq.nn import QUANT_LAYERS, QuantLayer
+from lightning_autoq.quant.finite import check_finite
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -54,7 +55,8 @@ def convert(
         The quantized model.
 
     Raises:
-        ValueError: the model has no quantizable layer, or the policy does not fit it.
+        ValueError: the model has no quantizable layer, the policy does not fit it, or a
+            parameter or buffer holds NaN/Inf (``NonFiniteError``, naming it).
 
     Example:
         >>> net = convert(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 2)))
@@ -72,6 +74,7 @@ def convert(
         )
     _warn_unconverted(model)
     configs = policy.resolve([name for name, _ in layers])
+    check_finite_state(model)
     for name, module in layers:
         config = configs[name]
         if isinstance(module, QuantLayer):
@@ -84,7 +87,24 @@ def convert(
         if config is None:
             continue
         _set_submodule(model, name, QUANT_LAYERS[type(module)].from_float(module, config))
+    for name, layer in quantized_layers(model):
+        layer.__dict__["_autoq_name"] = name  # named in error messages (not state)
     return model
+
+
+def check_finite_state(model: nn.Module) -> None:
+    """Raise :class:`~lightning_autoq.quant.finite.NonFiniteError` naming the first parameter
+    or floating buffer of ``model`` that holds NaN/Inf (once, at conversion: no per-step cost).
+    """
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            kind = "parameter" if isinstance(tensor, nn.Parameter) else "buffer"
+            check_finite(
+                tensor.detach(),
+                f"{kind} {name!r}",
+                "a diverged or corrupt checkpoint? load finite weights before quantizing",
+            )
 
 
 def _warn_unconverted(model: nn.Module) -> None:

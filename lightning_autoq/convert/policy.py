@@ -19,6 +19,7 @@ import yaml
 
 from lightning_autoq.quant import Quantizer, scheme_class
 from lightning_autoq.quant.functional import BACKWARD_MODES
+from lightning_autoq.runtime.atomic import write_atomic
 
 Granularity = Literal["tensor", "channel"]
 GRANULARITIES: tuple[str, ...] = ("tensor", "channel")
@@ -70,6 +71,10 @@ class LayerConfig:
             raise ValueError(
                 f"granularity={self.granularity!r} is not allowed; "
                 f"allowed: {', '.join(GRANULARITIES)}"
+            )
+        if self.act_signed not in (None, True, False):
+            raise ValueError(
+                f"act_signed={self.act_signed!r} is not allowed; allowed: True, False, None"
             )
         if self.backward is not None and self.backward not in BACKWARD_MODES:
             raise ValueError(
@@ -148,6 +153,24 @@ class QuantPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.default, Mapping):
             self.default = LayerConfig(**self.default)
+        if not isinstance(self.default, LayerConfig):
+            raise ValueError(
+                f"default={self.default!r} is not allowed; allowed: a LayerConfig or a mapping "
+                "of its fields"
+            )
+        bits = self.first_last_bits
+        if bits is not None and (
+            isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS
+        ):
+            raise ValueError(
+                f"first_last_bits={bits!r} is not allowed; allowed: 1..{MAX_BITS} or None"
+            )
+        if not isinstance(self.overrides, Mapping):
+            raise ValueError(
+                f"overrides={self.overrides!r} is not allowed; allowed: a mapping of layer names "
+                "or 're:' patterns to {field: value}"
+            )
+        self.exclude = check_layer_keys("exclude", self.exclude)
         for key, changes in self.overrides.items():
             if not isinstance(changes, Mapping):
                 raise ValueError(
@@ -208,6 +231,11 @@ class QuantPolicy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QuantPolicy:
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"a policy of type {type(data).__name__} is not allowed; allowed: a mapping with "
+                "default, first_last_bits, overrides, exclude"
+            )
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(
@@ -215,7 +243,7 @@ class QuantPolicy:
                 "overrides, exclude"
             )
         data = dict(data)
-        if "default" in data:
+        if isinstance(data.get("default"), Mapping):
             data["default"] = LayerConfig(**data["default"])
         return cls(**data)
 
@@ -227,12 +255,10 @@ class QuantPolicy:
         return cls.from_dict(yaml.safe_load(text) or {})
 
     def save(self, path: str | Path) -> None:
-        """Write the policy as YAML atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
+        """Write the policy as YAML atomically: a temporary file in the same folder, flushed to
+        disk, then renamed into place; on any failure the temporary file is removed and an
+        existing ``path`` is left as it was."""
+        write_atomic(path, self.to_yaml().encode())
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPolicy:
@@ -279,7 +305,9 @@ def _check_override(changes: Mapping[str, Any]) -> None:
         check_scheme_options(changes["scheme"], options)
     for name in ("weight_bits", "act_bits", "bias_bits"):
         bits = changes.get(name)
-        if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):
+        if bits is not None and (
+            isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS
+        ):
             raise ValueError(f"{name}={bits!r} is not allowed; allowed: 1..{MAX_BITS}")
 
 
@@ -299,9 +327,36 @@ def _matching(key: str, names: Sequence[str]) -> list[str]:
     return [n for n in names if pattern.fullmatch(n)]
 
 
-def _check_matches(matches: Mapping[str, set[str]], names: Sequence[str]) -> None:
+def _check_matches(
+    matches: Mapping[str, set[str]], names: Sequence[str], what: str = "policy key"
+) -> None:
     for key, matched in matches.items():
         if not matched:
             more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
             shown = ", ".join(names[:12]) + more
-            raise ValueError(f"policy key {key!r} matches no quantizable layer; layers: {shown}")
+            raise ValueError(f"{what} {key!r} matches no quantizable layer; layers: {shown}")
+
+
+def check_layer_keys(what: str, keys: object) -> list[str]:
+    """``keys`` as a list if it is a list of layer names / ``re:`` patterns (compiled to check).
+
+    A bare string is refused: iterating it would give one key per character.
+    """
+    if isinstance(keys, str | bytes) or not isinstance(keys, Sequence | set | frozenset):
+        raise ValueError(
+            f"{what}={keys!r} is not allowed; allowed: a list of layer names or 're:' patterns"
+        )
+    keys = list(keys)
+    for key in keys:
+        if not isinstance(key, str):
+            raise ValueError(
+                f"{what} entry {key!r} is not allowed; allowed: a layer name or 're:' pattern"
+            )
+        _compile(key)
+    return keys
+
+
+def check_keys_match(what: str, keys: Sequence[str], names: Sequence[str]) -> None:
+    """Raise a ValueError naming the first of ``keys`` (names or ``re:`` patterns) that
+    matches none of ``names``, with the layer names that exist."""
+    _check_matches({key: set(_matching(key, names)) for key in keys}, names, what)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_autoq.data.idx import read_idx
 from lightning_autoq.data.in_memory import InMemoryImageDataModule, TensorImageDataset
+from lightning_autoq.data.loading import check_count
 
 FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",
@@ -106,8 +107,7 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
         super().__init__(
             batch_size, num_workers, val_size, train_subset, test_subset, augment, seed
         )
-        if search_size < 0:
-            raise ValueError(f"search_size={search_size} is not allowed; allowed: >= 0")
+        check_count("search_size", search_size, 0)
         self.data_dir = data_dir
         self.download = download
         self.search_size = search_size
@@ -145,7 +145,7 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
                 "FashionMNISTDataModule has no search split: set search_size > 0 (e.g. 20 % of "
                 "the training images) to hold out images for SchemeSearch"
             )
-        return self._loader(self.search_set, shuffle=True)
+        return self._loader(self.search_set, shuffle=True, split="search")
 
     def prepare_data(self) -> None:
         self.locate()

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lightning_autoq.runtime.atomic import write_atomic
+
 IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
@@ -110,4 +112,4 @@ def write_idx(path: str | Path, tensor: torch.Tensor, compress: bool | None = No
     payload = header + np.ascontiguousarray(array, dtype=IDX_TYPES[code]).tobytes()
     if compress is None:
         compress = path.suffix == ".gz"
-    path.write_bytes(gzip.compress(payload) if compress else payload)
+    write_atomic(path, gzip.compress(payload) if compress else payload)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_autoq.data.augment import random_crop_flip
-from lightning_autoq.data.loading import SplitLoaders
+from lightning_autoq.data.loading import SplitLoaders, check_count
 
 
 class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):
@@ -91,15 +91,12 @@ class InMemoryImageDataModule(SplitLoaders, L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be a positive integer")
-        if num_workers < 0:
-            raise ValueError(f"num_workers={num_workers} must be non-negative")
-        if val_size < 0:
-            raise ValueError(f"val_size={val_size} must be non-negative")
+        check_count("batch_size", batch_size, 1)
+        check_count("num_workers", num_workers, 0)
+        check_count("val_size", val_size, 0)
         for name, value in (("train_subset", train_subset), ("test_subset", test_subset)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be a positive integer or None")
+            if value is not None:
+                check_count(name, value, 1, "or None (all images)")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.val_size = val_size
@@ -123,6 +120,11 @@ class InMemoryImageDataModule(SplitLoaders, L.LightningDataModule):
             return
         train_images, train_labels, test_images, test_labels = self.load()
         n_train, n_test = len(train_labels), len(test_labels)
+        if n_train == 0 or n_test == 0:
+            raise ValueError(
+                f"{type(self).__name__} loaded {n_train} training and {n_test} test images; "
+                "allowed: a dataset with images in both splits (check the data files)"
+            )
         if self.val_size >= n_train:
             raise ValueError(
                 f"val_size={self.val_size} must be smaller than the {n_train} training images"

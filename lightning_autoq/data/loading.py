@@ -9,11 +9,20 @@ from torch.utils.data import DataLoader, Dataset
 
 
 def make_loader(
-    dataset: Dataset | None, *, batch_size: int, num_workers: int, shuffle: bool, owner: str
+    dataset: Dataset | None,
+    *,
+    batch_size: int,
+    num_workers: int,
+    shuffle: bool,
+    owner: str,
+    split: str = "data",
 ) -> DataLoader:
-    """A loader over ``dataset``; a clear error if ``owner.setup()`` has not built it yet."""
+    """A loader over ``dataset``; a clear error if ``owner.setup()`` has not built it yet or
+    it is empty (an empty loader would make an epoch of nothing, silently)."""
     if dataset is None:
         raise RuntimeError(f"call {owner}.setup() before asking for data loaders")
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{owner} has an empty {split} set; allowed: at least one sample")
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -34,23 +43,32 @@ class SplitLoaders:
     val_set: Any
     test_set: Any
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, split: str = "data") -> DataLoader:
         return make_loader(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             shuffle=shuffle,
             owner=type(self).__name__,
+            split=split,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, split="training")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, shuffle=False, split="validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, shuffle=False, split="test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self._loader(self.test_set, shuffle=False, split="test")
+
+
+def check_count(name: str, value: object, minimum: int, more: str = "") -> int:
+    """``value`` if it is an integer >= ``minimum``; a ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (f" {more}" if more else "")
+        raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
+    return value

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_autoq.export.lowering import ExportError
 from lightning_autoq.runtime import IntegerModel
+from lightning_autoq.runtime.atomic import write_atomic
 from lightning_autoq.runtime.program import Node
 
 OPSET = 17
@@ -201,12 +202,7 @@ def to_onnx(model: IntegerModel, example_codes: Tensor) -> Any:
 
 def save_onnx(model: IntegerModel, example_codes: Tensor, path: str | os.PathLike[str]) -> Path:
     """Write :func:`to_onnx` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(to_onnx(model, example_codes).SerializeToString())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, to_onnx(model, example_codes).SerializeToString())
 
 
 __all__ = ["OPSET", "save_onnx", "to_onnx"]

@@ -22,6 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_autoq.export.fold import fold_batchnorm
 from lightning_autoq.quant import Quantizer
+from lightning_autoq.quant.finite import NonFiniteError
 from lightning_autoq.quant.functional import exponent_quantize, shared_exponent
 from lightning_autoq.quant.incremental import IncrementalWeight
 from lightning_autoq.quant.mixture import SchemeMixture
@@ -314,7 +315,18 @@ class QuantLayer:
         """The fake-quantized (BN-folded once locked) weight as the forward pass uses it."""
         return self.weight_quant(self.float_weight_bias()[0])  # type: ignore[return-value]
 
+    @property
+    def layer_name(self) -> str:
+        """The qualified name :func:`~lightning_autoq.convert.convert` gave it (else its type)."""
+        return self.__dict__.get("_autoq_name", type(self).__name__)
+
     def _quantize_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        try:
+            return self._quantize_all(x)
+        except NonFiniteError as err:  # a first batch with NaN/Inf: say which layer saw it
+            raise NonFiniteError(f"layer {self.layer_name!r}: {err}") from None
+
+    def _quantize_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         x = self.act_quant(x) if self.act_quant is not None else x
         weight, bias = self.float_weight_bias()
         if bias is not None and isinstance(self.bias_quant, IntSEBias):

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_autoq.quant.finite import check_finite
 from lightning_autoq.quant.functional import BACKWARD_MODES, Backward, attach_gradient, grad_scale
 from lightning_autoq.quant.schemes import Params, make_scheme
 from lightning_autoq.quant.schemes.base import Scheme, UniformScheme
@@ -128,12 +129,16 @@ class Quantizer(nn.Module):
                 f"allowed: {', '.join(backwards)}"
             )
         self.backward: str = backward
-        if not grad_ratio > 0:
-            raise ValueError(f"grad_ratio={grad_ratio} is not allowed; allowed: > 0")
+        if isinstance(grad_ratio, bool) or not (grad_ratio > 0 and math.isfinite(grad_ratio)):
+            raise ValueError(
+                f"grad_ratio={grad_ratio!r} is not allowed; allowed: a finite value > 0"
+            )
         self.grad_ratio = float(grad_ratio)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay={ema_decay} is not allowed; allowed: [0, 1)")
         self.ema_decay = float(ema_decay)
+        if signed not in (None, True, False):
+            raise ValueError(f"signed={signed!r} is not allowed; allowed: True, False, None")
         if signed is None and kind == "weight":
             raise ValueError("signed=None (decide from data) is for activations; weights: True")
         if channels is not None and kind != "weight":
@@ -217,9 +222,12 @@ class Quantizer(nn.Module):
         """
         source = x.float()
         x = source.detach()
+        first = self.stateful and not bool(self.initialized)
+        if first:  # calibrating on NaN/Inf would store a NaN range for good: refuse it, once
+            what = "the input" if self.kind == "activation" else "the weight"
+            check_finite(x, f"{what} of the first batch ({self.scheme.name}, {self.bits} bits)")
         signed = self.signed(x)
         dims = self._reduce_dims(x)
-        first = self.stateful and not bool(self.initialized)
         moving = not first and self._moves_running()
         stored_names = self._learned + self._running
         dynamic = [n for n in self.scheme.param_names() if n not in stored_names]
