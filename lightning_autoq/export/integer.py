@@ -4,18 +4,22 @@ IOIQ (Yang et al. 2023) exports a model whose inference has no floating point: i
 weights and activations, int32 accumulation, and a rounding right shift with saturation
 between layers. :func:`export_integer` does that for a fake-quantized model with
 power-of-two scales and checks that the integer program computes exactly what the
-fake-quantized model computes.
+fake-quantized model computes. Other uniform scales (LSQ, PACT, clip...) get dyadic
+multipliers with ``scales="dyadic"``; those programs are compared with the simulation
+(mismatch count, top-1 agreement), since float32 rounding near ties cannot be reproduced.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from lightning_autoq.export.fold import find_bn_pairs
+from lightning_autoq.export.inputs import check_example_input
 from lightning_autoq.export.lowering import ExportError, Lowering
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.runtime import IntegerModel
@@ -59,10 +63,21 @@ def lock_for_export(model: nn.Module) -> nn.Module:
     return locked
 
 
-def lower(simulation: nn.Module, example_input: Tensor) -> IntegerModel:
+Scales = Literal["power_of_two", "dyadic"]
+SCALES: tuple[str, ...] = ("power_of_two", "dyadic")
+
+
+def lower(
+    simulation: nn.Module, example_input: Tensor, scales: Scales = "power_of_two"
+) -> IntegerModel:
     """The integer model of ``simulation`` (a :func:`lock_for_export` copy, moved to CPU)."""
+    check_example_input(example_input)
+    if scales not in SCALES:
+        raise ValueError(f"scales={scales!r} is not allowed; allowed: {', '.join(SCALES)}")
     simulation.cpu()
-    return IntegerModel(Lowering(simulation, example_input.cpu()).run())
+    if scales == "power_of_two":
+        return IntegerModel(Lowering(simulation, example_input.cpu()).run())
+    return IntegerModel(Lowering(simulation, example_input.cpu(), dyadic=True).run())
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,7 @@ class ExactnessReport:
     elements: int
     mismatches: int
     max_code_difference: int
+    top1_agreement: float = 1.0
 
     @property
     def exact(self) -> bool:
@@ -86,20 +102,30 @@ def compare_with_simulation(
     The simulation's output divided by ``2**output_exponent`` must be exactly the integer
     output; a non-integral quotient counts as a mismatch.
     """
-    x = x.cpu()
+    x = check_example_input(x, "the check batch").cpu()
     with torch.no_grad():
         reference = simulation.eval()(x).double() * 2.0 ** (-integer_model.output_exponent)
     got = integer_model.predict(x).double()
     diff = (reference - got).abs()
+    agree = 1.0
+    if got.dim() == 2 and len(got):
+        agree = float((reference.argmax(1) == got.argmax(1)).double().mean())
     return ExactnessReport(
         elements=int(diff.numel()),
         mismatches=int((diff != 0).sum()),
         max_code_difference=int(torch.ceil(diff.max()).item()) if diff.numel() else 0,
+        top1_agreement=agree,
     )
 
 
-def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) -> IntegerModel:
-    """The integer-only model of a fake-quantized ``model`` with power-of-two scales.
+def export_integer(
+    model: nn.Module,
+    example_input: Tensor,
+    check: bool = True,
+    scales: Scales = "power_of_two",
+    min_top1_agreement: float = 0.99,
+) -> IntegerModel:
+    """The integer-only model of a fake-quantized ``model``.
 
     Batch norms that follow a quantized conv/linear are folded (see :func:`lock_for_export`);
     weights become integer codes; each quantized layer's input becomes
@@ -108,11 +134,20 @@ def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) 
     integers with one exponent. Every value is bounded over the input range, and export
     fails if any could overflow int32 (``program.report`` lists the accumulator bits).
 
+    With ``scales="power_of_two"`` (INT-SE, fixed point) the integer model is bit-exact and
+    layers with other scales are refused. ``scales="dyadic"`` also takes uniform schemes
+    with float steps (LSQ, PACT, clip...): the bias is rounded onto the accumulator grid and
+    the rescaling between layers is an integer multiplier and a right shift (HAWQ-V3,
+    https://arxiv.org/abs/2011.10680); power-of-two layers keep their exact form.
+
     Args:
         model: the fake-quantized model (not changed).
         example_input: a float batch, used to trace shapes and, with ``check``, to verify
             that the integer model's logits equal the fake-quantized model's exactly.
-        check: run that check and raise if any output differs.
+        check: run that check and raise if any output differs (``power_of_two``), or if
+            fewer than ``min_top1_agreement`` of the example predictions agree (``dyadic``).
+        scales: ``"power_of_two"`` (bit-exact) or ``"dyadic"``.
+        min_top1_agreement: the dyadic check's threshold, in [0, 1].
 
     Raises:
         ExportError: a layer or operation has no integer form (the message names it and
@@ -122,11 +157,22 @@ def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) 
         >>> integer_model = export_integer(quantized_model, images[:8])  # doctest: +SKIP
         >>> logits = integer_model(integer_model.quantize_input(images))  # doctest: +SKIP
     """
+    if not 0.0 <= min_top1_agreement <= 1.0:
+        raise ValueError(
+            f"min_top1_agreement={min_top1_agreement!r} is not allowed; allowed: [0, 1]"
+        )
     simulation = lock_for_export(model)
-    integer_model = lower(simulation, example_input)
+    integer_model = lower(simulation, example_input, scales)
     if check:
         report = compare_with_simulation(simulation, integer_model, example_input.cpu())
-        if not report.exact:
+        if scales == "dyadic":
+            if report.top1_agreement < min_top1_agreement:
+                raise ExportError(
+                    f"the dyadic integer model agrees with the fake-quantized model on "
+                    f"{report.top1_agreement:.1%} of the example predictions, below "
+                    f"min_top1_agreement={min_top1_agreement}"
+                )
+        elif not report.exact:
             raise ExportError(
                 f"the integer model differs from the fake-quantized model in "
                 f"{report.mismatches} of {report.elements} outputs (up to "
@@ -136,6 +182,7 @@ def export_integer(model: nn.Module, example_input: Tensor, check: bool = True) 
 
 
 __all__ = [
+    "SCALES",
     "ExactnessReport",
     "ExportError",
     "compare_with_simulation",

@@ -6,7 +6,12 @@ bias adds, residual adds and ReLUs are exact integer operations, and each quanti
 input is the IOIQ truncation ``sat(round_shift(v, s_in - e))`` (Yang et al. 2023; dyadic
 arithmetic as in HAWQ-V3, https://arxiv.org/abs/2011.10680). Because the scales are powers
 of two, the fake-quantized model computes the same numbers in float32, which is what makes
-the export bit-exact; a layer whose scales are not powers of two is refused.
+the export bit-exact. A layer whose scales are not powers of two (LSQ, PACT, clip...) is
+refused, unless the lowering is built with ``dyadic=True``: then its accumulator (bias
+rounded onto the accumulator grid) is rescaled onto a fine power-of-two grid, and the next
+input is requantized, by integer multipliers and right shifts (``requant_dyadic``). Such a
+program agrees with the float simulation except where a rounding falls within float32
+error of a tie, so it is compared, not proven equal.
 
 The lowering also bounds every value in the worst case over the input range (interval
 arithmetic on the integer codes), so it can prove that no int32 accumulator overflows.
@@ -36,6 +41,17 @@ POWER_OF_TWO_SCHEMES = ("int_se", "fixed_point")
 #: Largest accumulator width the runtime uses.
 ACCUMULATOR_BITS = 32
 _MAX_WEIGHT_CODE = 2**15
+#: Width of the int64 values after a dyadic rescale (one bit short, for rounding).
+WIDE_BITS = 62
+#: A dyadic layer's output grid: its worst-case output is ``2**FINE_BITS`` grid steps, which
+#: leaves ``WIDE_BITS - FINE_BITS`` bits for the residual adds and pooling after it.
+FINE_BITS = 36
+#: Bits of a dyadic multiplier's mantissa.
+_MULTIPLIER_BITS = 30
+_INT64 = (-(2**62), 2**62)
+#: What ``scales="dyadic"`` adds (activations: unsigned clip only; signed clip is mid-rise).
+DYADIC_SCHEMES = "lsq, clip"
+_DYADIC_HINT = f"; or export with dyadic requantization (scales='dyadic'): {DYADIC_SCHEMES}"
 
 
 class ExportError(ValueError):
@@ -68,6 +84,11 @@ class _Value:
     exponent: Tensor  # int64, one per channel (dimension 1)
     bound: Tensor  # float64, worst-case |v| per channel
     divisor: int = 1
+    wide: bool = False  # int64 (the output of a dyadic rescale and what follows it)
+
+    @property
+    def limit_bits(self) -> int:
+        return WIDE_BITS if self.wide else ACCUMULATOR_BITS
 
 
 def _pow2_split(values: Tensor, channel_axis: int = 0) -> tuple[Tensor, Tensor]:
@@ -86,6 +107,21 @@ def _pow2_split(values: Tensor, channel_axis: int = 0) -> tuple[Tensor, Tensor]:
     codes = torch.round(v * torch.exp2(-e.double()).unsqueeze(1)).to(torch.int64)
     codes = codes.reshape(values.movedim(channel_axis, 0).shape).movedim(0, channel_axis)
     return codes.contiguous(), e
+
+
+def _exact_log2(step: float) -> int | None:
+    """``log2(step)`` when ``step`` is a power of two, else None."""
+    mantissa, exponent = math.frexp(step)
+    return exponent - 1 if mantissa == 0.5 else None
+
+
+def _odd_parts(step: float) -> tuple[int, int]:
+    """``(m, e)`` with ``step = m * 2**e`` exactly and ``m`` an odd integer (``step > 0``)."""
+    mantissa, exponent = math.frexp(step)
+    m, e = int(mantissa * 2.0**53), exponent - 53
+    while m % 2 == 0:
+        m, e = m // 2, e + 1
+    return m, e
 
 
 def _signed_bits(codes: Tensor) -> int:
@@ -112,8 +148,9 @@ class Lowering:
     that every input quantizer has seen data (tracing shapes runs the model once).
     """
 
-    def __init__(self, model: nn.Module, example_input: Tensor) -> None:
+    def __init__(self, model: nn.Module, example_input: Tensor, dyadic: bool = False) -> None:
         self.model = model
+        self.dyadic = dyadic
         try:
             graph = _LeafTracer().trace(model)
         except Exception as err:  # fx raises many types for untraceable code
@@ -130,7 +167,7 @@ class Lowering:
         self.weight_bits: dict[str, int] = {}
         self.report: list[dict[str, Any]] = []
         self.values: dict[str, _Value | None] = {}  # fx node name -> value (None: float input)
-        self.input_codes: tuple[str, int, int, int] | None = None  # name, exponent, lo, hi
+        self.input_codes: tuple[str, float, int, int] | None = None  # name, step, lo, hi
         self._requants: dict[tuple[Any, ...], str] = {}
 
     # ----------------------------------------------------------------- helpers
@@ -140,10 +177,10 @@ class Lowering:
 
     def _check_bound(self, value: _Value, where: str) -> _Value:
         bits = _bits_of(value.bound)
-        if bits > ACCUMULATOR_BITS:
+        if bits > value.limit_bits:
             raise ExportError(
                 f"{where}: the worst-case value needs {bits} bits, more than the "
-                f"{ACCUMULATOR_BITS}-bit accumulator; lower the bit-widths or the fan-in"
+                f"{value.limit_bits}-bit accumulator; lower the bit-widths or the fan-in"
             )
         return value
 
@@ -198,10 +235,11 @@ class Lowering:
                 shift=(value.exponent - out_e).tolist(),
             )
             aligned = value.bound * torch.exp2((value.exponent - out_e).double())
-            self._check_bound(_Value(name, value.exponent, aligned), "the output")
+            self._check_bound(_Value(name, value.exponent, aligned, wide=value.wide), "the output")
         if self.input_codes is None:
             raise ExportError("no quantized layer reads the model input")
-        input_name, input_e, lo, hi = self.input_codes
+        input_name, input_step, lo, hi = self.input_codes
+        multiplier, input_e = _odd_parts(input_step)
         return IntegerProgram(
             nodes=self.nodes,
             tensors=self.tensors,
@@ -212,6 +250,7 @@ class Lowering:
             output_exponent=out_e,
             weight_bits=self.weight_bits,
             report=self.report,
+            input_multiplier=multiplier,
         )
 
     # ----------------------------------------------------------------- modules
@@ -328,14 +367,18 @@ class Lowering:
             qweight = _weight_of(layer, name, weight)
             qbias = self._quantized_bias(layer, weight, bias)
         w_codes, e_w = _pow2_split(qweight, 0)
-        bits = _signed_bits(w_codes)
+        w_step = torch.exp2(e_w.double())
         if int(w_codes.abs().max()) >= _MAX_WEIGHT_CODE:
             scheme = layer.config.scheme
-            raise ExportError(
-                f"layer {name!r}: its weights (scheme {scheme!r}) are not small integers "
-                "times a power of two, so it has no integer form; integer-only export needs "
-                f"power-of-two scales: schemes {', '.join(POWER_OF_TWO_SCHEMES)}"
-            )
+            if not self.dyadic:
+                raise ExportError(
+                    f"layer {name!r}: its weights (scheme {scheme!r}) are not small integers "
+                    "times a power of two, so it has no bit-exact integer form; integer-only "
+                    f"export needs power-of-two scales: schemes {', '.join(POWER_OF_TWO_SCHEMES)}"
+                    + _DYADIC_HINT
+                )
+            w_codes, w_step = _grid_codes(layer, name, weight, qweight)
+        bits = _signed_bits(w_codes)
         dtype = torch.int8 if bits <= 8 else torch.int16
         w_name = f"{name}.weight"
         self.tensors[w_name] = w_codes.to(dtype)
@@ -357,20 +400,34 @@ class Lowering:
             )
         code_top = float(max(abs(lo), abs(hi)))
         fan = w_codes.reshape(w_codes.shape[0], -1).abs().sum(dim=1).double()
-        value = _Value(out, s_in + e_w, fan * code_top)
-        acc_bits = _bits_of(value.bound)
-        self._check_bound(value, f"layer {name!r} accumulator")
-        if qbias is not None:
-            value = self._add_bias(name, value, qbias)
+        bound = fan * code_top
+        acc_bits = _bits_of(bound)
+        self._check_bound(_Value(out, e_w, bound), f"layer {name!r} accumulator")
+        b_codes = None if qbias is None else _bias_codes(qbias)
+        s_exp = _exact_log2(s_in)
+        exact = s_exp is not None and bool((torch.frexp(w_step)[0] == 0.5).all())
+        exact = exact and (qbias is None or b_codes is not None)
+        if exact:
+            value = _Value(out, s_exp + torch.log2(w_step).round().to(torch.int64), bound)
+            if b_codes is not None:
+                value = self._add_bias(name, value, *b_codes)
+        elif self.dyadic:
+            value = self._dyadic_accumulator(name, out, s_in * w_step, bound, qbias)
+        else:
+            raise ExportError(
+                f"layer {name!r}: its bias is not quantized to a power-of-two scale; give it "
+                "bias_bits (bias_scheme fixed_point or INT-SE layers)" + _DYADIC_HINT
+            )
         self.report.append(
             {
                 "layer": name,
                 "weight_bits": bits,
                 "input_bits": math.ceil(math.log2(hi - lo + 1)),
-                "input_exponent": s_in,
+                "input_step": s_in,
                 "accumulator_bits": acc_bits,
                 "output_bits": _bits_of(value.bound),
                 "weights": int(w_codes.numel()),
+                "requant": "shift" if exact else "dyadic",
             }
         )
         return value
@@ -386,14 +443,61 @@ class Lowering:
             return layer.bias_quant(bias)
         return bias
 
-    def _add_bias(self, name: str, value: _Value, qbias: Tensor) -> _Value:
-        b_codes, e_b = _pow2_split(qbias.reshape(-1, 1), 0)
-        b_codes = b_codes.reshape(-1)
-        if int(b_codes.abs().max()) >= 2**31:
-            raise ExportError(
-                f"layer {name!r}: its bias is not quantized to a power-of-two scale; give it "
-                "bias_bits (bias_scheme fixed_point or INT-SE layers)"
-            )
+    def _dyadic_accumulator(
+        self, name: str, acc: str, scale: Tensor, bound: Tensor, qbias: Tensor | None
+    ) -> _Value:
+        """Rescale an accumulator of step ``scale`` (per channel) onto a fine power-of-two grid.
+
+        The grid puts the worst-case output near ``2**FINE_BITS`` (int64), far finer than any
+        activation step, so the rescale and the bias (rounded onto that grid) cost little.
+        """
+        bias = torch.zeros_like(scale) if qbias is None else qbias.detach().double().reshape(-1)
+        top = float((bound * scale + bias.abs()).max())
+        e_fine = math.frexp(max(top, 2.0**-126))[1] - FINE_BITS
+        ratio = scale * 2.0**-e_fine
+        out = self._emit_dyadic(acc, ratio, bound, _INT64, f"{name}.rescaled")
+        bound = bound * ratio + 1
+        if qbias is not None:
+            b_codes = torch.round(bias * 2.0**-e_fine)
+            const = f"{name}.bias"
+            self.tensors[const] = b_codes.to(torch.int64)
+            shift = [0] * scale.numel()
+            out = self._emit("add_const", (out,), f"{name}.out", shift=shift, const=const)
+            bound = bound + b_codes.abs()
+        exponent = torch.tensor([e_fine], dtype=torch.int64)
+        value = _Value(out, exponent, bound, wide=True)
+        return self._check_bound(value, f"layer {name!r} rescale")
+
+    def _emit_dyadic(
+        self, source: str, ratio: Tensor, bound: Tensor, limits: tuple[int, int], out: str
+    ) -> str:
+        """``sat(round(x * ratio))`` with ``ratio`` (per channel) as a multiplier and a shift.
+
+        The multiplier keeps as many bits (up to 30) as ``x * multiplier`` leaves in int64.
+        """
+        mantissa_bits = min(_MULTIPLIER_BITS, WIDE_BITS - _bits_of(bound))
+        if mantissa_bits < 8:
+            raise ExportError(f"{out}: the dyadic rescale could overflow int64")
+        mantissa, exponent = torch.frexp(ratio)  # ratio = mantissa * 2**exponent
+        multiplier = torch.round(mantissa * 2.0**mantissa_bits).to(torch.int64)
+        shift = mantissa_bits - exponent.to(torch.int64)
+        multiplier = multiplier * torch.exp2((-shift).clamp_min(0).double()).to(torch.int64)
+        too_far = (shift - WIDE_BITS).clamp_min(0)  # |x * multiplier| < 2**62: rounds to 0
+        multiplier = torch.where(too_far > 0, torch.zeros_like(multiplier), multiplier)
+        shift = shift.clamp(0, WIDE_BITS)
+        if float((bound * multiplier.double()).max()) >= 2.0**WIDE_BITS:
+            raise ExportError(f"{out}: the dyadic rescale could overflow int64")
+        return self._emit(
+            "requant_dyadic",
+            (source,),
+            out,
+            multiplier=multiplier.tolist(),
+            shift=shift.tolist(),
+            lo=limits[0],
+            hi=limits[1],
+        )
+
+    def _add_bias(self, name: str, value: _Value, b_codes: Tensor, e_b: Tensor) -> _Value:
         zero = b_codes == 0
         e_b = torch.where(zero, value.exponent, e_b)
         e_out = torch.minimum(value.exponent, e_b)
@@ -407,26 +511,34 @@ class Lowering:
 
     def _input_codes(
         self, node: fx.Node, name: str, act: nn.Module, x_in: Any
-    ) -> tuple[str, int, int, int]:
+    ) -> tuple[str, float, int, int]:
+        """The codes of a layer's input: its value name, step, and code range."""
         scheme = act.scheme
         if not isinstance(scheme, UniformScheme):
             raise ExportError(
                 f"layer {name!r}: input scheme {scheme.name!r} has no integer form; "
-                f"integer-only export needs power-of-two scales: {', '.join(POWER_OF_TWO_SCHEMES)}"
+                "integer-only export needs a uniform grid, bit-exact with power-of-two scales: "
+                f"{', '.join(POWER_OF_TWO_SCHEMES)}"
             )
         shape = self._shape(x_in)
         with torch.no_grad():
             probe = torch.zeros(shape, dtype=torch.float32)
             grid = scheme.grid(act.parameters_for(probe), act.signed())
         step = grid.step.detach().double().reshape(-1)
-        s = torch.log2(step)
-        if step.numel() != 1 or grid.offset is not None or grid.shift or s != torch.round(s):
+        if step.numel() != 1 or grid.offset is not None or grid.shift:
             raise ExportError(
                 f"layer {name!r}: input scheme {scheme.name!r} uses the step "
-                f"{step.tolist()} (not one power of two, or an offset); integer-only export "
-                f"needs power-of-two scales: {', '.join(POWER_OF_TWO_SCHEMES)}"
+                f"{step.tolist()} with an offset, a mid-rise grid or per-channel steps; "
+                "integer-only export needs codes times one step: power-of-two scales: "
+                f"{', '.join(POWER_OF_TWO_SCHEMES)}; with scales='dyadic' also {DYADIC_SCHEMES}"
             )
-        s_in, lo, hi = int(s), int(grid.lo), int(grid.hi)
+        s_in, lo, hi = float(step), int(grid.lo), int(grid.hi)
+        if _exact_log2(s_in) is None and not self.dyadic:
+            raise ExportError(
+                f"layer {name!r}: input scheme {scheme.name!r} uses the step {s_in} (not a "
+                "power of two); bit-exact integer-only export needs power-of-two scales: "
+                f"{', '.join(POWER_OF_TWO_SCHEMES)}" + _DYADIC_HINT
+            )
         source = self.values.get(x_in.name) if isinstance(x_in, fx.Node) else None
         if source is None:  # the model input
             if self.input_codes is not None and self.input_codes[1:] != (s_in, lo, hi):
@@ -438,10 +550,13 @@ class Lowering:
             return "input", s_in, lo, hi
         value = self._value(x_in, node)
         key = (value.name, s_in, lo, hi)
+        s_exp = _exact_log2(s_in)
+        if key not in self._requants and s_exp is None:
+            self._requants[key] = self._dyadic_requant(value, s_in, lo, hi, f"{name}.input")
         if key not in self._requants:
-            shift = (s_in - value.exponent).tolist()
+            shift = (s_exp - value.exponent).tolist()
             rounding = torch.exp2(torch.tensor(shift, dtype=torch.float64).clamp_min(0))
-            if float((value.bound + rounding).max()) >= 2.0**31:  # x + 2^(k-1) + 1 in int32
+            if float((value.bound + rounding).max()) >= 2.0 ** (value.limit_bits - 1):
                 raise ExportError(
                     f"layer {name!r}: its input rounding could overflow int32; lower the "
                     "bit-widths of the layers before it"
@@ -457,6 +572,11 @@ class Lowering:
             )
         return self._requants[key], s_in, lo, hi
 
+    def _dyadic_requant(self, value: _Value, step: float, lo: int, hi: int, out: str) -> str:
+        """``sat(round(v * 2**e / (divisor * step)))`` by a multiplier and a right shift."""
+        ratio = torch.exp2(value.exponent.double()) / (value.divisor * step)
+        return self._emit_dyadic(value.name, ratio, value.bound, (lo, hi), out)
+
     # ----------------------------------------------------------------- element-wise
     def _add(self, node: fx.Node) -> _Value:
         if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
@@ -470,12 +590,13 @@ class Lowering:
             "add", (a.name, b.name), node.name, shift_a=sa.tolist(), shift_b=sb.tolist()
         )
         bound = a.bound * torch.exp2(sa.double()) + b.bound * torch.exp2(sb.double())
-        return self._check_bound(_Value(out, e, bound), f"residual add {node.name!r}")
+        value = _Value(out, e, bound, wide=a.wide or b.wide)
+        return self._check_bound(value, f"residual add {node.name!r}")
 
     def _relu(self, node: fx.Node) -> _Value:
         v = self._value(node.args[0], node)
         out = self._emit("relu", (v.name,), node.name)
-        return _Value(out, v.exponent, v.bound, v.divisor)
+        return _Value(out, v.exponent, v.bound, v.divisor, v.wide)
 
     def _clamp(self, node: fx.Node, low: float, high: float) -> _Value:
         v = self._value(node.args[0], node)
@@ -495,7 +616,8 @@ class Lowering:
         hi = torch.round(high * scale).to(torch.int64)
         out = self._emit("clamp", (name,), node.name, lo=lo.tolist(), hi=hi.tolist())
         bound = torch.minimum(bound, torch.maximum(lo.abs(), hi.abs()).double())
-        return self._check_bound(_Value(out, exponent, bound), f"clamp {node.name!r}")
+        value = _Value(out, exponent, bound, wide=v.wide)
+        return self._check_bound(value, f"clamp {node.name!r}")
 
     # ----------------------------------------------------------------- shapes and pooling
     def _flatten(self, node: fx.Node, start_dim: int) -> _Value:
@@ -510,6 +632,7 @@ class Lowering:
             v.exponent.repeat_interleave(per_channel) if v.exponent.numel() > 1 else v.exponent,
             v.bound.repeat_interleave(per_channel) if v.bound.numel() > 1 else v.bound,
             v.divisor,
+            v.wide,
         )
 
     def _adaptive_pool(self, node: fx.Node) -> _Value:
@@ -533,7 +656,7 @@ class Lowering:
         if not keep:  # mean(dims) drops the pooled dimensions
             out = self._emit("flatten", (out,), node.name + ".flat", start_dim=1)
         area = math.prod(kernel)
-        value = _Value(out, v.exponent, v.bound * area, v.divisor * area)
+        value = _Value(out, v.exponent, v.bound * area, v.divisor * area, v.wide)
         return self._check_bound(value, f"pooling {node.name!r}")
 
     def _max_pool(
@@ -550,7 +673,7 @@ class Lowering:
             padding=_pair_list(padding, dims),
             dilation=_pair_list(dilation, dims),
         )
-        return _Value(out, v.exponent, v.bound, v.divisor)
+        return _Value(out, v.exponent, v.bound, v.divisor, v.wide)
 
     def _getitem(self, node: fx.Node) -> _Value:
         v = self._value(node.args[0], node)
@@ -571,7 +694,7 @@ class Lowering:
             )
             if dim == 1 and exponent.numel() > 1:
                 exponent, bound = exponent[start:stop:step], bound[start:stop:step]
-        return _Value(name, exponent, bound, v.divisor)
+        return _Value(name, exponent, bound, v.divisor, v.wide)
 
     def _pad(self, node: fx.Node) -> _Value:
         v = self._value(node.args[0], node)
@@ -594,7 +717,7 @@ class Lowering:
             exponent = torch.cat([fill_e.expand(before), exponent, fill_e.expand(after)])
             zero = torch.zeros(1, dtype=torch.float64)
             bound = torch.cat([zero.expand(before), bound, zero.expand(after)])
-        return _Value(out, exponent, bound, v.divisor)
+        return _Value(out, exponent, bound, v.divisor, v.wide)
 
 
 def _weight_of(layer: QuantLayer, name: str, weight: Tensor) -> Tensor:
@@ -608,10 +731,55 @@ def _weight_of(layer: QuantLayer, name: str, weight: Tensor) -> Tensor:
     return quantizer(weight).detach()
 
 
+def _bias_codes(qbias: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The bias as int32 codes times per-entry powers of two, or None if it is not."""
+    codes, exponents = _pow2_split(qbias.reshape(-1, 1), 0)
+    codes = codes.reshape(-1)
+    return None if int(codes.abs().max()) >= 2**31 else (codes, exponents)
+
+
+def _grid_codes(
+    layer: QuantLayer, name: str, weight: Tensor, qweight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Weight codes and per-output-channel steps from a uniform weight quantizer's grid."""
+    quantizer = layer.weight_quant
+    scheme = quantizer.scheme
+    if not isinstance(scheme, UniformScheme):
+        raise ExportError(
+            f"layer {name!r}: weight scheme {scheme.name!r} is not a uniform grid, so it has "
+            "no integer form; use a uniform scheme (lsq, clip, int_se, ...)"
+        )
+    signed = getattr(quantizer, "quantizer", quantizer).signed()
+    grid = scheme.grid(quantizer.parameters_for(weight), signed)
+    if grid.offset is not None or grid.shift not in (0.0, 0.5):
+        raise ExportError(
+            f"layer {name!r}: weight scheme {scheme.name!r} has an offset; integer-only "
+            f"export needs codes times a step: {', '.join(POWER_OF_TWO_SCHEMES)}, "
+            f"{DYADIC_SCHEMES}"
+        )
+    channels = qweight.shape[0]
+    # A mid-rise level (k + 1/2) * step is the odd code 2k + 1 times step / 2.
+    step = grid.step.detach().double() * (0.5 if grid.shift else 1.0)
+    step = step.reshape(-1).expand(channels) if step.numel() == 1 else step.reshape(channels)
+    view = step.reshape(-1, *([1] * (qweight.dim() - 1)))
+    codes = torch.round(qweight.double() / view)
+    if not torch.equal((codes * view).float(), qweight.float()):
+        raise ExportError(f"layer {name!r}: its weights are not codes times the grid step")
+    return codes.to(torch.int64), step
+
+
 def _pair_list(value: Any, dims: int) -> list[int]:
     if isinstance(value, int):
         return [value] * dims
     return [int(v) for v in value]
 
 
-__all__ = ["ACCUMULATOR_BITS", "POWER_OF_TWO_SCHEMES", "ExportError", "Lowering"]
+__all__ = [
+    "ACCUMULATOR_BITS",
+    "DYADIC_SCHEMES",
+    "FINE_BITS",
+    "POWER_OF_TWO_SCHEMES",
+    "WIDE_BITS",
+    "ExportError",
+    "Lowering",
+]

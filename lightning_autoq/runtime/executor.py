@@ -18,7 +18,7 @@ Kernel = Callable[[list[Tensor]], Tensor]
 class IntegerModel:
     """An integer-only model: integer codes in, integer logits out.
 
-    The input is the first layer's codes, ``round(x / 2**input_exponent)`` clamped to
+    The input is the first layer's codes, ``round(x / step)`` clamped to
     ``input_range`` (:meth:`quantize_input` computes them from a float tensor, the one float
     step, done where the data is prepared); the output ``y`` stands for
     ``y * 2**output_exponent``. No operation inside :meth:`__call__` uses a float dtype.
@@ -45,9 +45,23 @@ class IntegerModel:
         return self.program.output_exponent
 
     def quantize_input(self, x: Tensor) -> Tensor:
-        """The input codes of a float tensor (data preparation, outside the integer model)."""
+        """The input codes of a float tensor (data preparation, outside the integer model).
+
+        Raises:
+            ValueError: ``x`` holds NaN or infinity (it has no code).
+        """
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            raise ValueError(
+                f"the input holds {nan} NaN and {inf} Inf of {x.numel()} values; allowed: "
+                "finite values"
+            )
         lo, hi = self.program.input_range
-        codes = torch.round(x.double() * 2.0 ** (-self.program.input_exponent))
+        if self.program.input_multiplier == 1:
+            codes = torch.round(x.double() * 2.0 ** (-self.program.input_exponent))
+        else:  # a float32 step: divide in float32, as the fake-quantized model does
+            step = self.program.input_multiplier * 2.0**self.program.input_exponent
+            codes = torch.round(x.float() / torch.tensor(step, dtype=torch.float32))
         return torch.clamp(codes, lo, hi).to(torch.int32)
 
     def predict(self, x: Tensor) -> Tensor:
@@ -73,7 +87,9 @@ class IntegerModel:
 
     @staticmethod
     def _channel(values: list[int]) -> Callable[[int], Tensor]:
-        vector = torch.tensor(values, dtype=torch.int32)  # bounds proven to fit int32
+        vector = torch.tensor(values, dtype=torch.int64)
+        if ops.INT32[0] <= int(vector.min()) and int(vector.max()) <= ops.INT32[1]:
+            vector = vector.to(torch.int32)  # int32 values stay int32 (bounds proven)
         return lambda dims: ops.channel_view(vector, dims)
 
     def _compile(self, node: Node) -> Kernel:
@@ -90,29 +106,38 @@ class IntegerModel:
             conv_args = (a["stride"], a["padding"], a["dilation"], int(a["groups"]), x_range)
             return lambda v: ops.conv(v[0], weight, w_t, w_sum, *conv_args)
         if op == "add_const":
-            shift, const = self._channel(a["shift"]), tensors[a["const"]].to(torch.int32)
-            return lambda v: _int32(
+            shift, const = self._channel(a["shift"]), tensors[a["const"]]
+            return lambda v: (
                 ops.shift_left(v[0], shift(v[0].dim())) + ops.channel_view(const, v[0].dim())
             )
         if op == "add":
             sa, sb = self._channel(a["shift_a"]), self._channel(a["shift_b"])
-            return lambda v: _int32(
+            return lambda v: (
                 ops.shift_left(v[0], sa(v[0].dim())) + ops.shift_left(v[1], sb(v[1].dim()))
             )
         if op == "shift_left":
             shift = self._channel(a["shift"])
-            return lambda v: _int32(ops.shift_left(v[0], shift(v[0].dim())))
+            return lambda v: ops.shift_left(v[0], shift(v[0].dim()))
         if op == "relu":
             return lambda v: torch.clamp(v[0], min=0)
         if op == "clamp":
             lo, hi = self._channel(a["lo"]), self._channel(a["hi"])
-            return lambda v: _int32(
-                torch.minimum(torch.maximum(v[0], lo(v[0].dim())), hi(v[0].dim()))
-            )
+            return lambda v: torch.minimum(torch.maximum(v[0], lo(v[0].dim())), hi(v[0].dim()))
         if op == "requant":
             shift = self._channel(a["shift"])
             divisor, lo, hi = int(a["divisor"]), int(a["lo"]), int(a["hi"])
             return lambda v: ops.requant(v[0], shift(v[0].dim()), divisor, lo, hi)
+        if op == "requant_dyadic":
+            multiplier = torch.tensor(a["multiplier"], dtype=torch.int64)
+            right = torch.tensor(a["shift"], dtype=torch.int64)
+            lo, hi = int(a["lo"]), int(a["hi"])
+            return lambda v: ops.requant_dyadic(
+                v[0],
+                ops.channel_view(multiplier, v[0].dim()),
+                ops.channel_view(right, v[0].dim()),
+                lo,
+                hi,
+            )
         if op == "sum_pool":
             return lambda v: ops.sum_pool(v[0], a["kernel"], a["stride"])
         if op == "max_pool":
@@ -127,10 +152,6 @@ class IntegerModel:
         if op == "flatten":
             return lambda v: torch.flatten(v[0], int(a["start_dim"]))
         raise ValueError(f"unknown op {op!r}")  # validate() makes this unreachable
-
-
-def _int32(x: Tensor) -> Tensor:
-    return x.to(torch.int32)
 
 
 __all__ = ["IntegerModel"]

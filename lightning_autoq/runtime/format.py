@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from lightning_autoq.runtime.atomic import atomic_path
 from lightning_autoq.runtime.program import FORMAT_VERSION, IntegerProgram, Node
 
 METADATA_KEY = "lightning_autoq"
@@ -75,19 +75,13 @@ def save(program: IntegerProgram, path: str | os.PathLike[str]) -> Path:
             "name": program.input_name,
             "range": list(program.input_range),
             "exponent": program.input_exponent,
+            "multiplier": program.input_multiplier,
         },
         "output": {"name": program.output_name, "exponent": program.output_exponent},
         "report": program.report,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(graph)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(graph)})
     return path
 
 
@@ -149,9 +143,16 @@ def _program_from(graph: dict[str, Any], raw: dict[str, Tensor]) -> IntegerProgr
         output_exponent=int(graph["output"]["exponent"]),
         weight_bits=weight_bits,
         report=list(graph.get("report", [])),
+        input_multiplier=_positive_int(graph["input"].get("multiplier", 1), "input multiplier"),
     )
     program.validate()
     return program
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}={value!r} is not allowed; allowed: an integer >= 1")
+    return value
 
 
 def packed_size_bytes(program: IntegerProgram) -> dict[str, int]:

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 INT8 = (-128, 127)
+INT32 = (-(2**31), 2**31 - 1)
 
 
 def channel_view(values: Tensor, dims: int) -> Tensor:
@@ -47,7 +48,7 @@ def round_shift(x: Tensor, shift: Tensor, divisor: int = 1) -> Tensor:
 
 def requant(x: Tensor, shift: Tensor, divisor: int, lo: int, hi: int) -> Tensor:
     """The next layer's input codes: rounding shift (and division), then saturation."""
-    if divisor == 1 and bool((shift >= 0).all()):  # the common case: one int32 shift
+    if divisor == 1 and x.dtype == torch.int32 and bool((shift >= 0).all()):  # one int32 shift
         # round_half_even(x / 2^k) = (x + 2^(k-1) - 1 + bit_k(x)) >> k for k > 0
         x = x.to(torch.int32)
         shift = shift.to(torch.int32)
@@ -56,6 +57,16 @@ def requant(x: Tensor, shift: Tensor, divisor: int, lo: int, hi: int) -> Tensor:
         odd = (torch.bitwise_and(x, torch.where(shift > 0, bit_k, 0)) != 0).to(torch.int32)
         return torch.clamp(torch.bitwise_right_shift(x + bias + odd, shift), lo, hi)
     return torch.clamp(round_shift(x, shift, divisor), lo, hi).to(torch.int32)
+
+
+def requant_dyadic(x: Tensor, multiplier: Tensor, shift: Tensor, lo: int, hi: int) -> Tensor:
+    """``clamp(round_half_even(x * multiplier / 2**shift), lo, hi)`` in int64.
+
+    The result is int32 when ``[lo, hi]`` fits int32 (layer input codes), else int64.
+    """
+    scaled = x.to(torch.int64) * multiplier
+    out = torch.clamp(round_shift(scaled, shift), lo, hi)
+    return out.to(torch.int32) if INT32[0] <= lo and hi <= INT32[1] else out
 
 
 def to_int8(x: Tensor, x_range: tuple[int, int]) -> tuple[Tensor, int] | None:
@@ -131,10 +142,11 @@ def conv(
 
 
 def sum_pool(x: Tensor, kernel: list[int], stride: list[int]) -> Tensor:
-    """Window sums (average pooling without its division), int32."""
+    """Window sums (average pooling without its division), in the dtype of ``x``."""
+    dtype = x.dtype
     for axis, (k, s) in enumerate(zip(kernel, stride, strict=True)):
         x = x.unfold(2 + axis, k, s)
-    return x.sum(dim=tuple(range(x.dim() - len(kernel), x.dim())), dtype=torch.int32)
+    return x.sum(dim=tuple(range(x.dim() - len(kernel), x.dim())), dtype=dtype)
 
 
 def max_pool(
@@ -153,4 +165,13 @@ def max_pool(
     return x
 
 
-__all__ = ["channel_view", "conv", "linear", "max_pool", "requant", "round_shift", "sum_pool"]
+__all__ = [
+    "channel_view",
+    "conv",
+    "linear",
+    "max_pool",
+    "requant",
+    "requant_dyadic",
+    "round_shift",
+    "sum_pool",
+]

@@ -16,6 +16,9 @@ exporter tracks. The operations and their attributes:
 ``relu``, ``clamp``   ``max(x, 0)``; ``min(max(x, lo), hi)`` with per-channel bounds.
 ``requant``           ``clamp(round_half_even(x / (divisor * 2**shift)), lo, hi)``; a negative
                       shift is a left shift. The rounding right shift of IOIQ's truncation.
+``requant_dyadic``    ``clamp(round_half_even(x * multiplier / 2**shift), lo, hi)`` in int64
+                      with per-channel ``multiplier`` and ``shift >= 0``: a dyadic rescale
+                      for scales that are not powers of two (HAWQ-V3).
 ``sum_pool``          sums over ``kernel`` windows with ``stride`` (average pooling; its
                       division is folded into the next ``requant``'s ``divisor``).
 ``max_pool``          ``kernel``, ``stride``, ``padding``, ``dilation``.
@@ -46,6 +49,7 @@ OPS: dict[str, tuple[int, frozenset[str], frozenset[str]]] = {
     "relu": (1, frozenset(), frozenset()),
     "clamp": (1, frozenset({"lo", "hi"}), frozenset()),
     "requant": (1, frozenset({"shift", "divisor", "lo", "hi"}), frozenset()),
+    "requant_dyadic": (1, frozenset({"multiplier", "shift", "lo", "hi"}), frozenset()),
     "sum_pool": (1, frozenset({"kernel", "stride"}), frozenset()),
     "max_pool": (1, frozenset({"kernel", "stride", "padding", "dilation"}), frozenset()),
     "slice": (1, frozenset({"dim", "start", "stop", "step"}), frozenset()),
@@ -79,11 +83,13 @@ class IntegerProgram:
         tensors: constant integer tensors (weight codes, biases) by name.
         input_name: the value holding the input codes.
         input_range: ``[lo, hi]`` of the input codes.
-        input_exponent: the input codes are ``round(x / 2**input_exponent)`` of the float input.
+        input_exponent: the input codes are ``round(x / step)`` of the float input, with
+            ``step = input_multiplier * 2**input_exponent`` (a float32 value).
         output_name: the value holding the output (logit) integers.
         output_exponent: the output stands for ``output * 2**output_exponent``.
         weight_bits: code width of each weight tensor (for packing), by tensor name.
         report: per-layer facts for people (bits, accumulator bits), not used to run.
+        input_multiplier: the odd integer mantissa of the input step (1 for a power of two).
     """
 
     nodes: list[Node]
@@ -95,6 +101,7 @@ class IntegerProgram:
     output_exponent: int
     weight_bits: dict[str, int] = field(default_factory=dict)
     report: list[dict[str, Any]] = field(default_factory=list)
+    input_multiplier: int = 1
 
     def validate(self) -> None:
         """Check names, operations and attributes; raise ValueError naming the first problem."""
