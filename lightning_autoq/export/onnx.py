@@ -3,10 +3,13 @@
 Each program operation becomes standard ONNX integer operators (opset 17):
 ``ConvInteger`` / ``MatMulInteger`` (uint8 codes, with a zero point of 128 for signed
 8-bit codes, int8 weights, int32 accumulation), ``Mul`` by powers of two for left shifts,
-``Add``, ``Max``/``Min`` for ReLU and clamps, ``ReduceSum`` for global average pooling, and
-the rounding right shift as an exact integer floor division with ties to even (``Div``,
-``Mod``, ``Where`` on int64). The result equals :class:`~lightning_autoq.runtime.IntegerModel`
-bit for bit. Needs the ``onnx`` package (``pip install lightning-autoq[onnx]``).
+``Add``, ``Max``/``Min`` for ReLU and clamps, ``ReduceSum`` for global average pooling,
+``Pad`` + strided ``Slice`` + ``Max`` for max pooling, ``Mul`` by the integer multiplier of a
+dyadic requantization, and the rounding right shift as an exact integer floor division with
+ties to even (``Div``, ``Mod``, ``Where`` on int64). Values keep the runtime's dtypes (int32,
+or int64 after a dyadic rescale). The result equals
+:class:`~lightning_autoq.runtime.IntegerModel` bit for bit. Needs the ``onnx`` package
+(``pip install lightning-autoq[onnx]``).
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ from lightning_autoq.runtime.program import Node
 OPSET = 17
 
 
+#: torch integer dtype -> (numpy dtype, onnx.TensorProto element type)
+_TYPES = {torch.int32: (np.int32, 6), torch.int64: (np.int64, 7)}
+
+
 class _Builder:
-    def __init__(self, model: IntegerModel, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, model: IntegerModel, values: dict[str, Tensor]) -> None:
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
-        self.model, self.shapes = model, shapes
+        self.model = model
+        self.shapes = {name: tuple(v.shape) for name, v in values.items()}
+        self.dtypes = {name: v.dtype for name, v in values.items()}
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._count = 0
@@ -57,11 +66,33 @@ class _Builder:
             shape[1] = len(values)
         return self.const(np.asarray(values, dtype=dtype).reshape(shape), hint)
 
-    def times_pow2(self, x: str, shifts: list[int], rank: int, hint: str) -> str:
+    def np_type(self, value: str) -> type:
+        """The numpy dtype of a program value (int32 or int64)."""
+        if self.dtypes[value] not in _TYPES:
+            raise ExportError(
+                f"value {value!r} has dtype {self.dtypes[value]}; ONNX export: int32/64"
+            )
+        return _TYPES[self.dtypes[value]][0]
+
+    def as_type(self, x: str, source: str, target: str) -> str:
+        """``x`` (program value ``source``) cast to the dtype of program value ``target``."""
+        if self.dtypes[source] == self.dtypes[target]:
+            return x
+        return self.op("Cast", [x], "widen", to=_TYPES[self.dtypes[target]][1])
+
+    def extreme(self, op_type: str, x: str, bound: str, dtype: type, hint: str) -> str:
+        """Element-wise ``Max``/``Min``; on int64 a ``Where`` of a comparison, because
+        onnxruntime 1.31's int64 Max, Min and Clip misorder values in [2**31, 2**32)."""
+        if dtype is not np.int64:
+            return self.op(op_type, [x, bound], hint)
+        compare = "Greater" if op_type == "Max" else "Less"
+        return self.op("Where", [self.op(compare, [x, bound], hint + "_cmp"), x, bound], hint)
+
+    def times_pow2(self, x: str, shifts: list[int], rank: int, hint: str, dtype: type) -> str:
         if not any(shifts):
             return x
         factors = [1 << s for s in shifts]
-        return self.op("Mul", [x, self.channel(factors, rank, np.int32, hint + "_pow2")], hint)
+        return self.op("Mul", [x, self.channel(factors, rank, dtype, hint + "_pow2")], hint)
 
     def codes_uint8(self, x: str, x_range: list[int], hint: str) -> tuple[str, str | None]:
         lo, hi = x_range
@@ -84,7 +115,20 @@ class _Builder:
         shifts = a["shift"]
         left = [max(-s, 0) for s in shifts]
         den = [a["divisor"] << max(s, 0) for s in shifts]
-        num = self.op("Cast", [self.times_pow2(x, left, rank, node.output)], "num", to=7)
+        num = self.op("Cast", [x], "num", to=7)
+        num = self.times_pow2(num, left, rank, node.output, np.int64)
+        return self.round_divide(num, den, node, rank)
+
+    def requant_dyadic(self, x: str, node: Node, rank: int) -> str:
+        a = node.attrs
+        num = self.op("Cast", [x], "num", to=7)
+        multiplier = self.channel(a["multiplier"], rank, np.int64, node.output + "_m")
+        num = self.op("Mul", [num, multiplier], "scaled")
+        return self.round_divide(num, [1 << s for s in a["shift"]], node, rank)
+
+    def round_divide(self, num: str, den: list[int], node: Node, rank: int) -> str:
+        """``clamp(round_half_even(num / den), lo, hi)`` on int64, cast to the node's dtype."""
+        a = node.attrs
         den_c = self.channel(den, rank, np.int64, node.output + "_den")
         q = self.op("Div", [num, den_c], "q")  # truncates toward zero
         rest = self.op("Sub", [num, self.op("Mul", [q, den_c], "qd")], "rest")
@@ -102,7 +146,40 @@ class _Builder:
         q = self.op("Add", [q, self.op("Cast", [up], "upi", to=7)], "rounded")
         lo = self.const(np.array(a["lo"], np.int64), "lo")
         hi = self.const(np.array(a["hi"], np.int64), "hi")
-        return self.op("Cast", [self.op("Clip", [q, lo, hi], "sat")], node.output, to=6)
+        sat = self.extreme(
+            "Min", self.extreme("Max", q, lo, np.int64, "sat_lo"), hi, np.int64, "sat"
+        )
+        return self.op("Cast", [sat], node.output, to=_TYPES[self.dtypes[node.output]][1])
+
+    def max_pool(self, x: str, node: Node) -> str:
+        """Window maxima as the element-wise Max of strided slices (integer-exact)."""
+        a = node.attrs
+        rank = len(self.shapes[node.output])
+        dims = rank - 2
+        dtype = self.np_type(node.inputs[0])
+        if any(a["padding"]):
+            begin = [0, 0, *a["padding"]]
+            pads = self.const(np.array(begin + begin, np.int64), "mp_pads")
+            low = self.const(np.array(np.iinfo(dtype).min, dtype), "mp_min")
+            x = self.op("Pad", [x, pads, low], "mp_pad")
+        out_size = self.shapes[node.output][2:]
+        axes = self.const(np.arange(2, 2 + dims, dtype=np.int64), "mp_axes")
+        steps = self.const(np.array(a["stride"], np.int64), "mp_steps")
+        windows = []
+        for offset in np.ndindex(*a["kernel"]):
+            start = [o * d for o, d in zip(offset, a["dilation"], strict=True)]
+            stop = [
+                b + s * (n - 1) + 1 for b, s, n in zip(start, a["stride"], out_size, strict=True)
+            ]
+            begin = self.const(np.array(start, np.int64), "mp_begin")
+            end = self.const(np.array(stop, np.int64), "mp_end")
+            windows.append(self.op("Slice", [x, begin, end, axes, steps], "mp_window"))
+        if dtype is not np.int64:
+            return self.op("Max", windows, node.output) if len(windows) > 1 else windows[0]
+        out = windows[0]
+        for window in windows[1:]:
+            out = self.extreme("Max", out, window, dtype, "mp_max")
+        return out
 
     def lower(self, node: Node, inputs: list[str]) -> str:
         a, op = node.attrs, node.op
@@ -123,23 +200,36 @@ class _Builder:
                 dilations=a["dilation"],
                 group=a["groups"],
             )
+        out_type = self.np_type(node.output)
+        if op in ("add_const", "add", "shift_left", "clamp"):  # the runtime promotes to int64
+            x = self.as_type(x, node.inputs[0], node.output)
         if op == "add_const":
-            const = self.model.program.tensors[a["const"]].to(torch.int32).numpy()
-            shaped = self.channel(const.tolist(), rank, np.int32, node.output + "_c")
-            return self.op("Add", [self.times_pow2(x, a["shift"], rank, "shl"), shaped], "bias")
+            const = self.model.program.tensors[a["const"]].numpy()
+            shaped = self.channel(const.tolist(), rank, out_type, node.output + "_c")
+            shifted = self.times_pow2(x, a["shift"], rank, "shl", out_type)
+            return self.op("Add", [shifted, shaped], "bias")
         if op == "add":
-            left = self.times_pow2(x, a["shift_a"], rank, "shl_a")
-            right = self.times_pow2(inputs[1], a["shift_b"], rank, "shl_b")
+            left = self.times_pow2(x, a["shift_a"], rank, "shl_a", out_type)
+            right = self.as_type(inputs[1], node.inputs[1], node.output)
+            right = self.times_pow2(right, a["shift_b"], rank, "shl_b", out_type)
             return self.op("Add", [left, right], node.output)
         if op == "shift_left":
-            return self.times_pow2(x, a["shift"], rank, node.output)
+            return self.times_pow2(x, a["shift"], rank, node.output, out_type)
         if op == "relu":
-            return self.op("Max", [x, self.const(np.array(0, np.int32), "zero32")], "relu")
+            return self.extreme(
+                "Max", x, self.const(np.array(0, out_type), "zero"), out_type, "relu"
+            )
         if op == "clamp":
-            low = self.op("Max", [x, self.channel(a["lo"], rank, np.int32, "lo")], "clamp_lo")
-            return self.op("Min", [low, self.channel(a["hi"], rank, np.int32, "hi")], "clamp")
+            lo = self.channel(a["lo"], rank, out_type, "lo")
+            low = self.extreme("Max", x, lo, out_type, "clamp_lo")
+            hi = self.channel(a["hi"], rank, out_type, "hi")
+            return self.extreme("Min", low, hi, out_type, "clamp")
         if op == "requant":
             return self.requant(x, node, rank)
+        if op == "requant_dyadic":
+            return self.requant_dyadic(x, node, rank)
+        if op == "max_pool":
+            return self.max_pool(x, node)
         if op == "sum_pool":
             spatial = list(self.shapes[node.inputs[0]][2:])
             if list(a["kernel"]) != spatial or list(a["stride"]) != spatial:
@@ -155,7 +245,8 @@ class _Builder:
             for i in range(len(torch_pads) // 2):
                 begin[rank - 1 - i], end[rank - 1 - i] = torch_pads[2 * i], torch_pads[2 * i + 1]
             pads = self.const(np.array(begin + end, np.int64), "pads")
-            return self.op("Pad", [x, pads, self.const(np.array(0, np.int32), "pv")], "pad")
+            zero = self.const(np.array(0, out_type), "pv")
+            return self.op("Pad", [x, pads, zero], "pad")
         if op == "flatten":
             return self.op("Flatten", [x], node.output, axis=a["start_dim"])
         raise ExportError(f"operation {op!r} has no ONNX integer form in this exporter")
@@ -168,14 +259,14 @@ def to_onnx(model: IntegerModel, example_codes: Tensor) -> Any:
     stays dynamic.
 
     Raises:
-        ExportError: an operation without an ONNX integer form here (max pooling, windowed
-            average pooling) or a layer input wider than 8 bits.
+        ExportError: an operation without an ONNX integer form here (windowed average
+            pooling) or a layer input wider than 8 bits.
     """
     from onnx import TensorProto, checker, helper
 
     values = model.run(example_codes, keep=True)
-    shapes = {name: tuple(v.shape) for name, v in values.items()}
-    builder = _Builder(model, shapes)
+    builder = _Builder(model, values)
+    shapes = builder.shapes
     program = model.program
     names = {program.input_name: program.input_name}
     for node in program.nodes:
@@ -189,7 +280,11 @@ def to_onnx(model: IntegerModel, example_codes: Tensor) -> Any:
         builder.nodes,
         "lightning_autoq_integer",
         [helper.make_tensor_value_info(program.input_name, TensorProto.INT32, in_shape)],
-        [helper.make_tensor_value_info(names[program.output_name], TensorProto.INT32, out_shape)],
+        [
+            helper.make_tensor_value_info(
+                names[program.output_name], _TYPES[values[program.output_name].dtype][1], out_shape
+            )
+        ],
         builder.initializers,
     )
     onnx_model = helper.make_model(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_autoq.export import ExportError, export_integer
+from lightning_autoq.export import export_integer
 from lightning_autoq.export.onnx import save_onnx, to_onnx
 from tests.export.models import quantized_mobilenet_v2, quantized_plain_cnn, quantized_resnet20
 
@@ -56,8 +56,21 @@ def test_every_onnx_value_is_an_integer(single_thread, tmp_path: Path) -> None:
     assert not ops & {"Conv", "MatMul", "QuantizeLinear", "DequantizeLinear"}
 
 
-def test_max_pooling_has_no_onnx_form_here(single_thread) -> None:
-    integer_model = export_integer(quantized_plain_cnn(6), torch.randn(2, 1, 14, 14))
-    codes = integer_model.quantize_input(torch.randn(1, 1, 14, 14))
-    with pytest.raises(ExportError, match="'max_pool' has no ONNX integer form"):
-        to_onnx(integer_model, codes)
+def test_plain_cnn_max_pooling_onnx_equals_the_integer_runtime(single_thread, tmp_path: Path):
+    # Max pooling with and without padding: strided slices and an integer Max.
+    got, expected = run_both(quantized_plain_cnn(6), torch.randn(5, 1, 14, 14), tmp_path / "p.onnx")
+    assert np.array_equal(got, expected)
+
+
+def test_dyadic_program_onnx_equals_the_integer_runtime(single_thread, tmp_path: Path) -> None:
+    from tests.export.test_dyadic import lsq_resnet20
+
+    x = torch.randn(4, 1, 28, 28)
+    integer_model = export_integer(lsq_resnet20(4), x[:2], scales="dyadic")
+    codes = integer_model.quantize_input(x)
+    save_onnx(integer_model, codes[:1], tmp_path / "d.onnx")
+    (got,) = onnxruntime.InferenceSession(str(tmp_path / "d.onnx")).run(
+        None, {"input": codes.numpy()}
+    )
+    expected = integer_model(codes).numpy()
+    assert got.dtype == np.int64 and np.array_equal(got, expected)
