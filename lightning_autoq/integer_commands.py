@@ -19,6 +19,7 @@ import torch
 
 from lightning_autoq.callbacks.integer_export import IntegerExport
 from lightning_autoq.cli import create_cli
+from lightning_autoq.export.integer import SCALES
 from lightning_autoq.runtime import IntegerModel, count_correct, load
 
 
@@ -36,9 +37,15 @@ def export_main(argv: list[str]) -> dict[str, float]:
     parser.add_argument("--ckpt_path", required=True, help="checkpoint of that recipe's run")
     parser.add_argument("--output", default=None, help="file to write (.safetensors)")
     parser.add_argument("--check_batches", type=int, default=2)
+    parser.add_argument(
+        "--scales", choices=SCALES, default="power_of_two", help="dyadic: also LSQ, clip"
+    )
+    parser.add_argument("--onnx", default=None, help="also write the integer ONNX model here")
     args, rest = parser.parse_known_args(argv)
     cli = create_cli(_recipe_args(args.config, rest), run=False)
-    callback = IntegerExport(path=args.output, check_batches=args.check_batches)
+    callback = IntegerExport(
+        path=args.output, check_batches=args.check_batches, scales=args.scales, onnx_path=args.onnx
+    )
     cli.trainer.callbacks.append(callback)
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path)
     print(json.dumps({"written": str(callback.written), **callback.metrics}))

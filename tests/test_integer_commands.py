@@ -94,3 +94,17 @@ def test_run_integer_command_evaluates_the_test_split(run: Path, monkeypatch, ca
     main(["run-integer", "runs/tiny/fit.int.safetensors", "-c", "recipe.yaml", *data_args(run)])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["images"] == 16 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_export_command_also_writes_the_onnx_model(run: Path, monkeypatch, capsys) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(run)
+    monkeypatch.setattr(sys, "argv", ["autoq"])
+    out, onnx_file = run / "with_onnx.safetensors", run / "model.onnx"
+    ckpt = run / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    main(["export", "-c", "recipe.yaml", "--ckpt_path", str(ckpt), "--output", str(out),
+          "--onnx", str(onnx_file), *data_args(run)])  # fmt: skip
+    model = IntegerModel(load(out))
+    x = torch.randint(*model.program.input_range, (3, 1, 28, 28), dtype=torch.int32)
+    (got,) = onnxruntime.InferenceSession(str(onnx_file)).run(None, {"input": x.numpy()})
+    assert torch.equal(torch.from_numpy(got), model(x))

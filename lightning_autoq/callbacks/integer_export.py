@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 from lightning_autoq.callbacks.arguments import run_folder, target_module
 from lightning_autoq.callbacks.distributed import broadcast_, sum_over_ranks
 from lightning_autoq.export.integer import (
+    SCALES,
     ExportError,
+    Scales,
     compare_with_simulation,
     lock_for_export,
     lower,
@@ -35,8 +37,9 @@ class IntegerExport(L.Callback):
     :func:`~lightning_autoq.export.export_integer` (batch norm folded, integer weights and
     activations, int32 accumulation, rounding shifts), checked on ``check_batches``
     validation batches (training batches where there is no validation loop) to give
-    exactly the fake-quantized model's logits (zero tolerance), and written to ``path``
-    (safetensors + JSON graph; nothing is written if a check fails).
+    exactly the fake-quantized model's logits (zero tolerance; with ``scales="dyadic"``, the
+    same predictions on at least ``min_top1_agreement`` of them), and written to ``path``
+    (safetensors + JSON graph; nothing is written if a check fails), and to ``onnx_path``.
     With ``evaluate``, the integer model's accuracy on the validation data is logged as
     ``integer/val_acc`` next to the fake-quantized model's ``integer/simulation_val_acc``.
     Under DDP every rank exports rank 0's model (its buffers, e.g. running ranges, are
@@ -49,6 +52,11 @@ class IntegerExport(L.Callback):
             one, else the LightningModule itself).
         check_batches: validation batches compared output for output.
         evaluate: also compute both accuracies on the whole validation set.
+        scales: ``"power_of_two"`` (bit-exact; INT-SE, fixed point) or ``"dyadic"`` (also
+            LSQ and clip, by integer multipliers; see
+            :func:`~lightning_autoq.export.export_integer`).
+        min_top1_agreement: the dyadic check's threshold on the check batches.
+        onnx_path: also write the integer ONNX model there (needs the ``onnx`` package).
 
     Example:
         >>> cb = IntegerExport(path="runs/int/model.int.safetensors")
@@ -60,6 +68,9 @@ class IntegerExport(L.Callback):
         module_name: str | None = None,
         check_batches: int = 2,
         evaluate: bool = True,
+        scales: Scales = "power_of_two",
+        min_top1_agreement: float = 0.99,
+        onnx_path: str | None = None,
     ) -> None:
         if isinstance(check_batches, bool) or not isinstance(check_batches, int):
             raise ValueError(f"check_batches={check_batches!r} is not allowed; allowed: >= 1")
@@ -69,6 +80,15 @@ class IntegerExport(L.Callback):
         self.module_name = module_name
         self.check_batches = check_batches
         self.evaluate = evaluate
+        if scales not in SCALES:
+            raise ValueError(f"scales={scales!r} is not allowed; allowed: {', '.join(SCALES)}")
+        if not 0.0 <= min_top1_agreement <= 1.0:
+            raise ValueError(
+                f"min_top1_agreement={min_top1_agreement!r} is not allowed; allowed: [0, 1]"
+            )
+        self.scales: Scales = scales
+        self.min_top1_agreement = float(min_top1_agreement)
+        self.onnx_path = onnx_path
         self.integer_model: IntegerModel | None = None
         self.written: Path | None = None
         self.metrics: dict[str, float] = {}
@@ -103,17 +123,11 @@ class IntegerExport(L.Callback):
         was_training = model.training
         try:
             simulation = lock_for_export(model)
-            integer_model = lower(simulation, batches[0])
-            for i, x in enumerate(batches):
-                report = compare_with_simulation(simulation, integer_model, x.cpu())
-                if not report.exact:
-                    raise ExportError(
-                        f"validation batch {i}: the integer model differs from the "
-                        f"fake-quantized model in {report.mismatches} of {report.elements} "
-                        f"outputs (up to {report.max_code_difference} codes); nothing written"
-                    )
+            integer_model = lower(simulation, batches[0], self.scales)
+            agreement = self._check(simulation, integer_model, batches)
+            self.metrics = {"integer/check_top1_agreement": agreement}
             if self.evaluate:
-                self.metrics = _accuracies(simulation, integer_model, loader)
+                self.metrics.update(_accuracies(simulation, integer_model, loader))
         finally:
             model.train(was_training)
         program = integer_model.program
@@ -123,9 +137,15 @@ class IntegerExport(L.Callback):
         target = self._target_path(trainer)
         if trainer.is_global_zero:
             save(program, target)
+            if self.onnx_path is not None:
+                from lightning_autoq.export.onnx import save_onnx
+
+                save_onnx(
+                    integer_model, integer_model.quantize_input(batches[0][:1]), self.onnx_path
+                )
             rank_zero_info(
                 f"IntegerExport: wrote {target} ({target.stat().st_size} bytes; "
-                f"packed weights {sizes['weights']} bytes); checked bit-exact on "
+                f"packed weights {sizes['weights']} bytes); checked ({self.scales}) on "
                 f"{len(batches)} batches; {self.metrics}"
             )
             for logger in trainer.loggers:
@@ -135,6 +155,30 @@ class IntegerExport(L.Callback):
         trainer.strategy.barrier("IntegerExport")  # the file exists once any rank goes on
         self.written = target
         return integer_model
+
+    def _check(
+        self, simulation: nn.Module, integer_model: IntegerModel, batches: list[Tensor]
+    ) -> float:
+        """Compare on the check batches; raise unless exact (dyadic: enough agreement)."""
+        agree = total = 0.0
+        for i, x in enumerate(batches):
+            report = compare_with_simulation(simulation, integer_model, x.cpu())
+            if self.scales == "power_of_two" and not report.exact:
+                raise ExportError(
+                    f"validation batch {i}: the integer model differs from the "
+                    f"fake-quantized model in {report.mismatches} of {report.elements} "
+                    f"outputs (up to {report.max_code_difference} codes); nothing written"
+                )
+            agree += report.top1_agreement * len(x)
+            total += len(x)
+        agreement = agree / total
+        if agreement < self.min_top1_agreement:
+            raise ExportError(
+                f"the dyadic integer model agrees with the fake-quantized model on "
+                f"{agreement:.1%} of {int(total)} check predictions, below "
+                f"min_top1_agreement={self.min_top1_agreement}; nothing written"
+            )
+        return agreement
 
 
 def _validation_loader(trainer: L.Trainer) -> DataLoader:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_autoq import LayerConfig, QuantPolicy
 from lightning_autoq.callbacks import BatchNormLock, Quantize
 from lightning_autoq.callbacks.integer_export import IntegerExport
-from lightning_autoq.export import ExportError
+from lightning_autoq.export import ExportError, lock_for_export
 from lightning_autoq.runtime import IntegerModel, load
 from tests.callbacks.tiny import TinyNet, tiny_loader
 
@@ -66,6 +66,40 @@ def test_a_model_without_integer_form_fails_and_writes_nothing(tmp_path: Path) -
     with pytest.raises(ExportError, match="power-of-two scales"):
         fit(tmp_path, lsq, export)
     assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_dyadic_scales_export_an_lsq_model_and_its_onnx(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    export = IntegerExport(
+        path=str(tmp_path / "lsq.int.safetensors"),
+        scales="dyadic",
+        onnx_path=str(tmp_path / "lsq.onnx"),
+    )
+    model = fit(tmp_path, QuantPolicy(LayerConfig("lsq", weight_bits=4, act_bits=4)), export)
+    loaded = IntegerModel(load(export.written))
+    assert any(node.op == "requant_dyadic" for node in loaded.program.nodes)
+    assert export.metrics["integer/check_top1_agreement"] == 1.0
+    assert export.metrics["integer/val_acc"] == export.metrics["integer/simulation_val_acc"]
+    x, _ = next(iter(tiny_loader()))
+    simulation = lock_for_export(model.model)  # BN folded: the export's reference
+    assert torch.equal(loaded.predict(x).argmax(1), simulation(x).argmax(1))
+    codes = loaded.quantize_input(x)
+    (got,) = onnxruntime.InferenceSession(str(tmp_path / "lsq.onnx")).run(
+        None, {"input": codes.numpy()}
+    )
+    assert torch.equal(torch.from_numpy(got), loaded(codes))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"scales": "float"}, "scales='float' is not allowed; allowed: power_of_two, dyadic"),
+        ({"min_top1_agreement": 1.5}, r"min_top1_agreement=1.5 is not allowed; allowed: \[0, 1\]"),
+    ],
+)
+def test_bad_scales_arguments(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        IntegerExport(**kwargs)
 
 
 class ValidatedNet(TinyNet):
