@@ -2,13 +2,16 @@
 
     python benchmarks/integer_inference.py            # width 16: FP 3 epochs, IOIQ 2 epochs
     python benchmarks/integer_inference.py --quick    # width 8, 4k images, 1 + 1 epochs
+    python benchmarks/integer_inference.py --scheme lsq --bits 4   # LSQ W4A4, dyadic export
 
 Steps: train a float ResNet-20; fine-tune it with 8-bit INT-SE weights and activations and
 batch norm locked (Quantize + BatchNormLock); export it with IntegerExport. Reports
 test accuracy of the float, fake-quantized and integer models (the last two must be equal:
-the export is bit-exact), the file size against the packed-weight size, and the median
-latency at batch 1 and 64 of the integer runtime, float eager PyTorch and onnxruntime
-(running the float model). Writes benchmarks/results/integer_inference.json and .png.
+the export is bit-exact; with ``--scheme lsq`` the export uses dyadic multipliers and the
+share of test images on which both predict the same class is reported), the file size
+against the packed-weight size, and the median latency at batch 1 and 64 of the integer
+runtime, float eager PyTorch and onnxruntime (running the float model). Writes
+benchmarks/results/integer_inference.json and .png (``_lsq_w4a4`` etc. for other runs).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import io
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,15 @@ from lightning_autoq.runtime import IntegerModel, count_correct, load, packed_si
 from lightning_autoq.utils.benchmarking import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-POLICY = QuantPolicy(default={"scheme": "int_se", "weight_bits": 8, "act_bits": 8, "bias_bits": 8})
+SCALES = {"int_se": "power_of_two", "lsq": "dyadic"}
+
+
+def policy(scheme: str, bits: int) -> QuantPolicy:
+    """``bits``-bit weights and inputs (first and last layers 8); INT-SE gets an 8-bit bias."""
+    config = {"scheme": scheme, "weight_bits": bits, "act_bits": bits}
+    if scheme == "int_se":
+        config["bias_bits"] = 8
+    return QuantPolicy(default=config, first_last_bits=8)
 
 
 def trainer(epochs: int, root: Path, callbacks: list[L.Callback], limit: float) -> L.Trainer:
@@ -54,6 +66,16 @@ def trainer(epochs: int, root: Path, callbacks: list[L.Callback], limit: float) 
 def accuracy(predict: Any, loader: Any) -> float:
     correct, total = count_correct(predict, loader)
     return correct / total
+
+
+@torch.no_grad()
+def agreement(simulation: nn.Module, integer_model: IntegerModel, loader: Any) -> float:
+    """Share of images on which the fake-quantized and integer models predict the same."""
+    same = total = 0
+    for x, _ in loader:
+        same += int((simulation(x).argmax(1) == integer_model.predict(x).argmax(1)).sum())
+        total += len(x)
+    return same / total
 
 
 def median_ms(fn: Any, repeats: int) -> float:
@@ -122,8 +144,14 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "integer_inference.json")
+    parser.add_argument("--scheme", choices=sorted(SCALES), default="int_se")
+    parser.add_argument("--bits", type=int, default=8, choices=range(2, 9), metavar="2..8")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/<run>.json")
     args = parser.parse_args()
+    run_name = "integer_inference"
+    if (args.scheme, args.bits) != ("int_se", 8):
+        run_name += f"_{args.scheme}_w{args.bits}a{args.bits}"
+    args.out = args.out or RESULTS / f"{run_name}.json"
     width, fp_epochs, q_epochs, limit = (8, 1, 1, 32) if args.quick else (16, 3, 2, 1.0)
     repeats = 10 if args.quick else 50
     L.seed_everything(0)
@@ -142,25 +170,29 @@ def main() -> None:
 
     float_model.train()  # Lightning keeps a module's eval mode during fit: train it in train mode
     classifier = ImageClassifier(float_model, lr=0.01, scheduler="cosine")
-    path = root / "resnet20_int8.int.safetensors"
-    export = IntegerExport(path=str(path), check_batches=4)
-    callbacks = [Quantize(POLICY, module_name="model"), BatchNormLock(lock_epoch=0), export]
-    trainer(q_epochs, root / "int8", callbacks, limit).fit(classifier, datamodule=data)
+    path = root / f"resnet20_{args.scheme}_w{args.bits}.int.safetensors"
+    export = IntegerExport(path=str(path), check_batches=4, scales=SCALES[args.scheme])  # type: ignore[arg-type]
+    quantize = Quantize(policy(args.scheme, args.bits), module_name="model")
+    callbacks = [quantize, BatchNormLock(lock_epoch=0), export]
+    trainer(q_epochs, root / "int", callbacks, limit).fit(classifier, datamodule=data)
     train_seconds = time.perf_counter() - start
 
     simulation = classifier.model.cpu().eval()
     integer_model = IntegerModel(load(path))
     fake_acc = accuracy(simulation, test_loader)
     int_acc = accuracy(integer_model.predict, test_loader)
+    same = agreement(simulation, integer_model, test_loader)
     sizes = packed_size_bytes(integer_model.program)
     result = {
-        "command": "python benchmarks/integer_inference.py" + (" --quick" if args.quick else ""),
-        "model": f"ResNet-20 width {width}, Fashion-MNIST, W8A8 INT-SE, BN folded",
-        "epochs": {"fp": fp_epochs, "int8": q_epochs},
+        "command": " ".join(["python benchmarks/integer_inference.py", *sys.argv[1:]]),
+        "model": f"ResNet-20 width {width}, Fashion-MNIST, W{args.bits}A{args.bits} "
+        f"{args.scheme}, BN folded, {SCALES[args.scheme]} export",
+        "epochs": {"fp": fp_epochs, "quantized": q_epochs},
         "train_batches_per_epoch": limit,
         "threads": torch.get_num_threads(),
         "test_accuracy": {"fp32": float_acc, "fake_quant": fake_acc, "integer": int_acc},
         "integer_equals_fake_quant": int_acc == fake_acc,
+        "same_prediction_share": same,
         "file_bytes": path.stat().st_size,
         "packed_weight_bytes": sizes["weights"],
         "bias_bytes": sizes["other"],
