@@ -177,7 +177,13 @@ CONSTRUCTION: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
         "SchemeSearch-start-negative",
         lambda: SchemeSearch(-1, 5),
         ValueError,
-        r"start_epoch=-1 is not allowed; allowed: int >= 0",
+        r"start_epoch=-1 is not allowed; allowed: an integer >= 0",
+    ),
+    (
+        "SchemeSearch-start-bool",
+        lambda: SchemeSearch(True, 5),  # type: ignore[arg-type]
+        ValueError,
+        r"start_epoch=True is not allowed; allowed: an integer >= 0",
     ),
     (
         "SchemeSearch-range-reversed",
@@ -746,11 +752,13 @@ def test_a_search_split_that_takes_every_training_image_is_refused(tmp_path: Pat
         dm.setup("fit")
 
 
-def test_an_empty_search_loader_fails_at_the_first_theta_step(tmp_path: Path) -> None:
+def test_an_empty_search_loader_fails_at_fit_start(tmp_path: Path) -> None:
     search = SchemeSearch(0, 1, weight_candidates=["lsq", "clip"], search_dataloader=[])
     trainer = _trainer(tmp_path, [Quantize(LSQ), search])
-    with pytest.raises(ValueError, match=r"the search dataloader gave no batch for rank 0 of 1"):
-        trainer.fit(TinyNet(), train_dataloaders=tiny_loader())
+    model = TinyNet()
+    with pytest.raises(ValueError, match=r"the search dataloader is empty; allowed: one with at"):
+        trainer.fit(model, train_dataloaders=tiny_loader())
+    assert trainer.global_step == 0  # refused before any training step
 
 
 def test_evaluating_on_no_data_is_an_error_not_zero_accuracy() -> None:

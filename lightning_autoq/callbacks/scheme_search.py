@@ -23,7 +23,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lightning_autoq.callbacks.arguments import run_folder, save_policy, target_module
+from lightning_autoq.callbacks.arguments import (
+    check_epoch,
+    run_folder,
+    save_policy,
+    target_module,
+)
 from lightning_autoq.convert import QuantPolicy, layer_configs, quantized_layers
 from lightning_autoq.nn import QuantLayer
 from lightning_autoq.quant import AUTOQNN_SCHEMES, Quantizer, available_schemes, scheme_class
@@ -159,9 +164,12 @@ class SchemeSearch(L.Callback):
                 )
         if isinstance(theta_every, bool) or not isinstance(theta_every, int) or theta_every < 1:
             raise ValueError(f"theta_every={theta_every!r} is not allowed; allowed: int >= 1")
-        if not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"start_epoch={start_epoch!r} is not allowed; allowed: int >= 0")
-        if not isinstance(end_epoch, int) or end_epoch <= start_epoch:
+        check_epoch("start_epoch", start_epoch, 0)
+        if (
+            isinstance(end_epoch, bool)
+            or not isinstance(end_epoch, int)
+            or end_epoch <= start_epoch
+        ):
             raise ValueError(
                 f"end_epoch={end_epoch!r} is not allowed; allowed: int > start_epoch "
                 f"({start_epoch})"
@@ -357,8 +365,12 @@ class SchemeSearch(L.Callback):
                     "one), or use a datamodule with a search_dataloader() method (e.g. "
                     "FashionMNISTDataModule(search_size=...)); training batches are not reused"
                 )
-            return method()
-        return source() if callable(source) and not isinstance(source, Iterable) else source
+            loader = method()
+        else:
+            loader = source() if callable(source) and not isinstance(source, Iterable) else source
+        if hasattr(loader, "__len__") and len(loader) == 0:  # type: ignore[arg-type]
+            raise ValueError("the search dataloader is empty; allowed: one with at least 1 batch")
+        return loader
 
     def _next_search_batch(self, trainer: L.Trainer) -> Any:
         """The next batch of this rank's share (every world_size-th batch), cycling."""

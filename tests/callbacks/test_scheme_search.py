@@ -298,7 +298,7 @@ def test_resuming_past_the_search_range_fixes_the_cells(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------- errors
 def test_arguments_are_validated() -> None:
-    with pytest.raises(ValueError, match=r"start_epoch=-1 .*allowed: int >= 0"):
+    with pytest.raises(ValueError, match=r"start_epoch=-1 .*allowed: an integer >= 0"):
         SchemeSearch(-1, 2)
     with pytest.raises(ValueError, match=r"end_epoch=2 .*allowed: int > start_epoch \(2\)"):
         SchemeSearch(2, 2)
