@@ -210,7 +210,10 @@ def _plot(rows: list[dict[str, Any]], path: Path, quick: bool) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.barh([r["run"] for r in rows], [100 * r["test_acc"] for r in rows])
+    accs = [100 * r["test_acc"] for r in rows]
+    bars = ax.barh([r["run"] for r in rows], accs)
+    ax.bar_label(bars, labels=[f"{a:.2f}" for a in accs], padding=3)
+    ax.set_xlim(max(0.0, min(accs) - 5), min(100.0, max(accs) + 3))
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("IOIQ, ResNet-20 / Fashion-MNIST" + (" (quick smoke test)" if quick else ""))
     fig.tight_layout()
