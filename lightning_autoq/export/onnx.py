@@ -4,12 +4,12 @@ Each program operation becomes standard ONNX integer operators (opset 17):
 ``ConvInteger`` / ``MatMulInteger`` (uint8 codes, with a zero point of 128 for signed
 8-bit codes, int8 weights, int32 accumulation), ``Mul`` by powers of two for left shifts,
 ``Add``, ``Max``/``Min`` for ReLU and clamps, ``ReduceSum`` for global average pooling,
-``Pad`` + strided ``Slice`` + ``Max`` for max pooling, ``Mul`` by the integer multiplier of a
-dyadic requantization, and the rounding right shift as an exact integer floor division with
-ties to even (``Div``, ``Mod``, ``Where`` on int64). Values keep the runtime's dtypes (int32,
-or int64 after a dyadic rescale). The result equals
-:class:`~lightning_autoq.runtime.IntegerModel` bit for bit. Needs the ``onnx`` package
-(``pip install lightning-autoq[onnx]``).
+strided ``Slice`` windows with ``Max`` (after a ``Pad``) or ``Add`` for max and windowed
+average pooling, ``Mul`` by the integer multiplier of a dyadic requantization, and the
+rounding right shift as an exact integer floor division with ties to even (``Div``, ``Mod``,
+``Where`` on int64). Values keep the runtime's dtypes (int32, or int64 after a dyadic
+rescale). The result equals :class:`~lightning_autoq.runtime.IntegerModel` bit for bit.
+Needs the ``onnx`` package (``pip install lightning-autoq[onnx]``).
 """
 
 from __future__ import annotations
@@ -151,29 +151,32 @@ class _Builder:
         )
         return self.op("Cast", [sat], node.output, to=_TYPES[self.dtypes[node.output]][1])
 
+    def windows(
+        self, x: str, node: Node, kernel: list[int], stride: list[int], dilation: list[int]
+    ) -> list[str]:
+        """One strided ``Slice`` of ``x`` per kernel offset: each window's elements in turn."""
+        out_size = self.shapes[node.output][2:]
+        axes = self.const(np.arange(2, 2 + len(kernel), dtype=np.int64), "win_axes")
+        steps = self.const(np.array(stride, np.int64), "win_steps")
+        slices = []
+        for offset in np.ndindex(*kernel):
+            start = [o * d for o, d in zip(offset, dilation, strict=True)]
+            stop = [b + s * (n - 1) + 1 for b, s, n in zip(start, stride, out_size, strict=True)]
+            begin = self.const(np.array(start, np.int64), "win_begin")
+            end = self.const(np.array(stop, np.int64), "win_end")
+            slices.append(self.op("Slice", [x, begin, end, axes, steps], "window"))
+        return slices
+
     def max_pool(self, x: str, node: Node) -> str:
         """Window maxima as the element-wise Max of strided slices (integer-exact)."""
         a = node.attrs
-        rank = len(self.shapes[node.output])
-        dims = rank - 2
         dtype = self.np_type(node.inputs[0])
         if any(a["padding"]):
             begin = [0, 0, *a["padding"]]
             pads = self.const(np.array(begin + begin, np.int64), "mp_pads")
             low = self.const(np.array(np.iinfo(dtype).min, dtype), "mp_min")
             x = self.op("Pad", [x, pads, low], "mp_pad")
-        out_size = self.shapes[node.output][2:]
-        axes = self.const(np.arange(2, 2 + dims, dtype=np.int64), "mp_axes")
-        steps = self.const(np.array(a["stride"], np.int64), "mp_steps")
-        windows = []
-        for offset in np.ndindex(*a["kernel"]):
-            start = [o * d for o, d in zip(offset, a["dilation"], strict=True)]
-            stop = [
-                b + s * (n - 1) + 1 for b, s, n in zip(start, a["stride"], out_size, strict=True)
-            ]
-            begin = self.const(np.array(start, np.int64), "mp_begin")
-            end = self.const(np.array(stop, np.int64), "mp_end")
-            windows.append(self.op("Slice", [x, begin, end, axes, steps], "mp_window"))
+        windows = self.windows(x, node, a["kernel"], a["stride"], a["dilation"])
         if dtype is not np.int64:
             return self.op("Max", windows, node.output) if len(windows) > 1 else windows[0]
         out = windows[0]
@@ -232,10 +235,14 @@ class _Builder:
             return self.max_pool(x, node)
         if op == "sum_pool":
             spatial = list(self.shapes[node.inputs[0]][2:])
-            if list(a["kernel"]) != spatial or list(a["stride"]) != spatial:
-                raise ExportError("ONNX export supports global average pooling only")
-            axes = self.const(np.arange(2, 2 + len(spatial), dtype=np.int64), "axes")
-            return self.op("ReduceSum", [x, axes], node.output, keepdims=1)
+            if list(a["kernel"]) == spatial and list(a["stride"]) == spatial:
+                axes = self.const(np.arange(2, 2 + len(spatial), dtype=np.int64), "axes")
+                return self.op("ReduceSum", [x, axes], node.output, keepdims=1)
+            windows = self.windows(x, node, a["kernel"], a["stride"], [1] * len(spatial))
+            total = windows[0]
+            for window in windows[1:]:  # ONNX Sum takes floats only
+                total = self.op("Add", [total, window], "window_sum")
+            return total
         if op == "slice":
             ints = [np.array([a[k]], np.int64) for k in ("start", "stop", "dim", "step")]
             return self.op("Slice", [x, *[self.const(v, "sl") for v in ints]], node.output)
@@ -259,8 +266,7 @@ def to_onnx(model: IntegerModel, example_codes: Tensor) -> Any:
     stays dynamic.
 
     Raises:
-        ExportError: an operation without an ONNX integer form here (windowed average
-            pooling) or a layer input wider than 8 bits.
+        ExportError: a layer input wider than 8 bits, or weights wider than int8.
     """
     from onnx import TensorProto, checker, helper
 

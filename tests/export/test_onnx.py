@@ -74,3 +74,23 @@ def test_dyadic_program_onnx_equals_the_integer_runtime(single_thread, tmp_path:
     )
     expected = integer_model(codes).numpy()
     assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+def test_windowed_average_pooling_onnx_equals_the_integer_runtime(single_thread, tmp_path: Path):
+    from torch import nn
+
+    from tests.export.models import calibrated, int_se_policy
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),  # 12x12 -> 6x6: window sums, the division folded into the requant
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(),
+        nn.AvgPool2d(2, stride=1),
+        nn.Flatten(),
+        nn.Linear(4 * 1 * 1, 10),
+    )
+    model = calibrated(net, int_se_policy(6), (1, 12, 12))
+    got, expected = run_both(model, torch.randn(5, 1, 12, 12), tmp_path / "avg.onnx")
+    assert np.array_equal(got, expected)
