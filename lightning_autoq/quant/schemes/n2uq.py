@@ -91,13 +91,11 @@ class N2UQ(Scheme):
             u = (u + 1) / 2
         u = u.clamp(0, 1)
         n = 2**self.bits - 1
-        start = torch.zeros_like(c)
-        codes = torch.zeros_like(u.detach())
-        ramp = torch.zeros_like(u)
-        for a in self.intervals(params):
-            codes = codes + (u.detach() >= (start + a / 2).detach()).to(u.dtype)
-            ramp = ramp + torch.clamp((u - start) / a.clamp_min(MIN_INTERVAL), 0, 1)
-            start = start + a
+        lengths = self.intervals(params)
+        if c.numel() == 1:
+            codes, ramp = _codes_and_ramp_scalar(u, lengths)
+        else:
+            codes, ramp = _codes_and_ramp(u, lengths)
         unit = codes / n
         level = 2 * unit - 1 if signed else unit
         smooth = ramp / n
@@ -110,3 +108,42 @@ class N2UQ(Scheme):
         unit = torch.arange(0, n + 1, dtype=c.dtype, device=c.device) / n
         level = 2 * unit - 1 if signed else unit
         return level * c.unsqueeze(-1)
+
+
+def _codes_and_ramp(u: Tensor, lengths: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Codes (thresholds at the interval midpoints crossed) and ``n F(u)``, interval by interval.
+
+    For parameters per channel; every interval costs a few full-size operations.
+    """
+    start = torch.zeros_like(lengths[0])
+    codes = torch.zeros_like(u.detach())
+    ramp = torch.zeros_like(u)
+    for a in lengths:
+        codes = codes + (u.detach() >= (start + a / 2).detach()).to(u.dtype)
+        ramp = ramp + torch.clamp((u - start) / a.clamp_min(MIN_INTERVAL), 0, 1)
+        start = start + a
+    return codes, ramp
+
+
+def _codes_and_ramp_scalar(u: Tensor, lengths: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """:func:`_codes_and_ramp` for one set of intervals: a few passes whatever the bits.
+
+    The same thresholds (the same float sums), so the same codes; ``n F(u)`` is ``i`` plus
+    the ramp inside the interval ``i`` that holds ``u``, whose gradient to ``u``, the
+    interval's start and its length is the one the interval-by-interval sum has inside it.
+    """
+    starts, thresholds = [], []
+    start = torch.zeros_like(lengths[0])
+    for a in lengths:
+        starts.append(start)
+        thresholds.append(start + a / 2)
+        start = start + a
+    flat_u = u.detach().reshape(-1)
+    cuts = torch.stack(thresholds).detach().reshape(-1).to(u.dtype)
+    codes = torch.bucketize(flat_u, cuts, right=True).reshape(u.shape).to(u.dtype)
+    begin = torch.stack(starts).reshape(-1)
+    width = torch.stack(lengths).reshape(-1).clamp_min(MIN_INTERVAL)
+    inside = torch.bucketize(flat_u, begin[1:].detach().to(u.dtype), right=True)
+    inside = inside.reshape(u.shape)
+    ramp = inside.to(u.dtype) + torch.clamp((u - begin[inside]) / width[inside], 0, 1)
+    return codes, ramp
