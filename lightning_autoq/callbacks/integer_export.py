@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader
 from lightning_autoq.callbacks.arguments import run_folder, target_module
 from lightning_autoq.callbacks.distributed import broadcast_, sum_over_ranks
 from lightning_autoq.export.integer import (
-    SCALES,
     ExportError,
     Scales,
-    compare_with_simulation,
+    check_against_simulation,
+    check_scales,
     lock_for_export,
     lower,
 )
@@ -80,12 +80,7 @@ class IntegerExport(L.Callback):
         self.module_name = module_name
         self.check_batches = check_batches
         self.evaluate = evaluate
-        if scales not in SCALES:
-            raise ValueError(f"scales={scales!r} is not allowed; allowed: {', '.join(SCALES)}")
-        if not 0.0 <= min_top1_agreement <= 1.0:
-            raise ValueError(
-                f"min_top1_agreement={min_top1_agreement!r} is not allowed; allowed: [0, 1]"
-            )
+        check_scales(scales, min_top1_agreement)
         self.scales: Scales = scales
         self.min_top1_agreement = float(min_top1_agreement)
         self.onnx_path = onnx_path
@@ -124,7 +119,9 @@ class IntegerExport(L.Callback):
         try:
             simulation = lock_for_export(model)
             integer_model = lower(simulation, batches[0], self.scales)
-            agreement = self._check(simulation, integer_model, batches)
+            agreement = check_against_simulation(
+                simulation, integer_model, batches, self.scales, self.min_top1_agreement
+            )
             self.metrics = {"integer/check_top1_agreement": agreement}
             if self.evaluate:
                 self.metrics.update(_accuracies(simulation, integer_model, loader))
@@ -155,30 +152,6 @@ class IntegerExport(L.Callback):
         trainer.strategy.barrier("IntegerExport")  # the file exists once any rank goes on
         self.written = target
         return integer_model
-
-    def _check(
-        self, simulation: nn.Module, integer_model: IntegerModel, batches: list[Tensor]
-    ) -> float:
-        """Compare on the check batches; raise unless exact (dyadic: enough agreement)."""
-        agree = total = 0.0
-        for i, x in enumerate(batches):
-            report = compare_with_simulation(simulation, integer_model, x.cpu())
-            if self.scales == "power_of_two" and not report.exact:
-                raise ExportError(
-                    f"validation batch {i}: the integer model differs from the "
-                    f"fake-quantized model in {report.mismatches} of {report.elements} "
-                    f"outputs (up to {report.max_code_difference} codes); nothing written"
-                )
-            agree += report.top1_agreement * len(x)
-            total += len(x)
-        agreement = agree / total
-        if agreement < self.min_top1_agreement:
-            raise ExportError(
-                f"the dyadic integer model agrees with the fake-quantized model on "
-                f"{agreement:.1%} of {int(total)} check predictions, below "
-                f"min_top1_agreement={self.min_top1_agreement}; nothing written"
-            )
-        return agreement
 
 
 def _validation_loader(trainer: L.Trainer) -> DataLoader:

@@ -4,7 +4,7 @@ IOIQ (Yang et al. 2023) exports a model whose inference has no floating point: i
 weights and activations, int32 accumulation, and a rounding right shift with saturation
 between layers. :func:`export_integer` does that for a fake-quantized model with
 power-of-two scales and checks that the integer program computes exactly what the
-fake-quantized model computes. Other uniform scales (LSQ, PACT, clip...) get dyadic
+fake-quantized model computes. Other uniform scales (LSQ, clip) get dyadic
 multipliers with ``scales="dyadic"``; those programs are compared with the simulation
 (mismatch count, top-1 agreement), since float32 rounding near ties cannot be reproduced.
 """
@@ -67,17 +67,26 @@ Scales = Literal["power_of_two", "dyadic"]
 SCALES: tuple[str, ...] = ("power_of_two", "dyadic")
 
 
+def check_scales(scales: object, min_top1_agreement: float = 1.0) -> None:
+    """Raise ValueError unless ``scales`` is one of :data:`SCALES` and the threshold is in
+    [0, 1]."""
+    if scales not in SCALES:
+        raise ValueError(f"scales={scales!r} is not allowed; allowed: {', '.join(SCALES)}")
+    if not 0.0 <= min_top1_agreement <= 1.0:
+        raise ValueError(
+            f"min_top1_agreement={min_top1_agreement!r} is not allowed; allowed: [0, 1]"
+        )
+
+
 def lower(
     simulation: nn.Module, example_input: Tensor, scales: Scales = "power_of_two"
 ) -> IntegerModel:
     """The integer model of ``simulation`` (a :func:`lock_for_export` copy, moved to CPU)."""
     check_example_input(example_input)
-    if scales not in SCALES:
-        raise ValueError(f"scales={scales!r} is not allowed; allowed: {', '.join(SCALES)}")
+    check_scales(scales)
     simulation.cpu()
-    if scales == "power_of_two":
-        return IntegerModel(Lowering(simulation, example_input.cpu()).run())
-    return IntegerModel(Lowering(simulation, example_input.cpu(), dyadic=True).run())
+    lowering = Lowering(simulation, example_input.cpu(), dyadic=scales == "dyadic")
+    return IntegerModel(lowering.run())
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,40 @@ def compare_with_simulation(
     )
 
 
+def check_against_simulation(
+    simulation: nn.Module,
+    integer_model: IntegerModel,
+    batches: list[Tensor],
+    scales: Scales,
+    min_top1_agreement: float,
+) -> float:
+    """The share of ``batches``' predictions on which both models agree.
+
+    Raises:
+        ExportError: with ``power_of_two``, a batch whose outputs differ at all; with either,
+            an agreement below ``min_top1_agreement``.
+    """
+    agree = total = 0.0
+    for i, x in enumerate(batches):
+        report = compare_with_simulation(simulation, integer_model, x)
+        if scales == "power_of_two" and not report.exact:
+            raise ExportError(
+                f"check batch {i}: the integer model differs from the fake-quantized model in "
+                f"{report.mismatches} of {report.elements} outputs (up to "
+                f"{report.max_code_difference} codes); please report this with the model"
+            )
+        agree += report.top1_agreement * len(x)
+        total += len(x)
+    agreement = agree / total
+    if agreement < min_top1_agreement:
+        raise ExportError(
+            f"the dyadic integer model agrees with the fake-quantized model on "
+            f"{agreement:.1%} of {int(total)} check predictions, below "
+            f"min_top1_agreement={min_top1_agreement}"
+        )
+    return agreement
+
+
 def export_integer(
     model: nn.Module,
     example_input: Tensor,
@@ -136,8 +179,9 @@ def export_integer(
 
     With ``scales="power_of_two"`` (INT-SE, fixed point) the integer model is bit-exact and
     layers with other scales are refused. ``scales="dyadic"`` also takes uniform schemes
-    with float steps (LSQ, PACT, clip...): the bias is rounded onto the accumulator grid and
-    the rescaling between layers is an integer multiplier and a right shift (HAWQ-V3,
+    with float steps (LSQ, clip): each accumulator is rescaled onto a fine power-of-two grid
+    (the bias rounded onto it) and the next input requantized, by integer multipliers and
+    right shifts (HAWQ-V3,
     https://arxiv.org/abs/2011.10680); power-of-two layers keep their exact form.
 
     Args:
@@ -157,27 +201,13 @@ def export_integer(
         >>> integer_model = export_integer(quantized_model, images[:8])  # doctest: +SKIP
         >>> logits = integer_model(integer_model.quantize_input(images))  # doctest: +SKIP
     """
-    if not 0.0 <= min_top1_agreement <= 1.0:
-        raise ValueError(
-            f"min_top1_agreement={min_top1_agreement!r} is not allowed; allowed: [0, 1]"
-        )
+    check_scales(scales, min_top1_agreement)
     simulation = lock_for_export(model)
     integer_model = lower(simulation, example_input, scales)
     if check:
-        report = compare_with_simulation(simulation, integer_model, example_input.cpu())
-        if scales == "dyadic":
-            if report.top1_agreement < min_top1_agreement:
-                raise ExportError(
-                    f"the dyadic integer model agrees with the fake-quantized model on "
-                    f"{report.top1_agreement:.1%} of the example predictions, below "
-                    f"min_top1_agreement={min_top1_agreement}"
-                )
-        elif not report.exact:
-            raise ExportError(
-                f"the integer model differs from the fake-quantized model in "
-                f"{report.mismatches} of {report.elements} outputs (up to "
-                f"{report.max_code_difference} codes); please report this with the model"
-            )
+        check_against_simulation(
+            simulation, integer_model, [example_input], scales, min_top1_agreement
+        )
     return integer_model
 
 
@@ -185,6 +215,8 @@ __all__ = [
     "SCALES",
     "ExactnessReport",
     "ExportError",
+    "check_against_simulation",
+    "check_scales",
     "compare_with_simulation",
     "export_integer",
     "lock_for_export",

@@ -7,9 +7,9 @@ input is the IOIQ truncation ``sat(round_shift(v, s_in - e))`` (Yang et al. 2023
 arithmetic as in HAWQ-V3, https://arxiv.org/abs/2011.10680). Because the scales are powers
 of two, the fake-quantized model computes the same numbers in float32, which is what makes
 the export bit-exact. A layer whose scales are not powers of two (LSQ, PACT, clip...) is
-refused, unless the lowering is built with ``dyadic=True``: then its accumulator (bias
-rounded onto the accumulator grid) is rescaled onto a fine power-of-two grid, and the next
-input is requantized, by integer multipliers and right shifts (``requant_dyadic``). Such a
+refused, unless the lowering is built with ``dyadic=True``: then its accumulator is
+rescaled onto a fine power-of-two grid (int64; the bias is rounded onto that grid), and the
+next input is requantized, by integer multipliers and right shifts (``requant_dyadic``). Such a
 program agrees with the float simulation except where a rounding falls within float32
 error of a tie, so it is compared, not proven equal.
 
@@ -558,8 +558,9 @@ class Lowering:
             rounding = torch.exp2(torch.tensor(shift, dtype=torch.float64).clamp_min(0))
             if float((value.bound + rounding).max()) >= 2.0 ** (value.limit_bits - 1):
                 raise ExportError(
-                    f"layer {name!r}: its input rounding could overflow int32; lower the "
-                    "bit-widths of the layers before it"
+                    f"layer {name!r}: its input rounding could overflow "
+                    f"{'int64' if value.wide else 'int32'}; lower the bit-widths of the layers "
+                    "before it"
                 )
             self._requants[key] = self._emit(
                 "requant",

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from lightning_autoq.quant.finite import check_finite
 from lightning_autoq.runtime import ops
 from lightning_autoq.runtime.program import IntegerProgram, Node
 
@@ -50,12 +51,7 @@ class IntegerModel:
         Raises:
             ValueError: ``x`` holds NaN or infinity (it has no code).
         """
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-            raise ValueError(
-                f"the input holds {nan} NaN and {inf} Inf of {x.numel()} values; allowed: "
-                "finite values"
-            )
+        check_finite(x, "the input")
         lo, hi = self.program.input_range
         if self.program.input_multiplier == 1:
             codes = torch.round(x.double() * 2.0 ** (-self.program.input_exponent))
