@@ -177,8 +177,6 @@ class _Builder:
             low = self.const(np.array(np.iinfo(dtype).min, dtype), "mp_min")
             x = self.op("Pad", [x, pads, low], "mp_pad")
         windows = self.windows(x, node, a["kernel"], a["stride"], a["dilation"])
-        if dtype is not np.int64:
-            return self.op("Max", windows, node.output) if len(windows) > 1 else windows[0]
         out = windows[0]
         for window in windows[1:]:
             out = self.extreme("Max", out, window, dtype, "mp_max")
