@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from lightning_autoq.convert.policy import QuantPolicy, check_keys_match, check_layer_keys
+from lightning_autoq.utils.checks import check_count
 
 
 def target_module(pl_module: L.LightningModule, module_name: str | None) -> nn.Module:
@@ -27,9 +28,7 @@ def target_module(pl_module: L.LightningModule, module_name: str | None) -> nn.M
 
 def check_epoch(name: str, value: object, minimum: int) -> int:
     """``value`` if it is an integer epoch >= ``minimum``; an error naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed: an integer >= {minimum}")
-    return value
+    return check_count(name, value, minimum)
 
 
 def check_layer_patterns(what: str, keys: object, layer_names: Sequence[str]) -> list[str]:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightning_autoq.data.idx import read_idx
 from lightning_autoq.data.in_memory import InMemoryImageDataModule, TensorImageDataset
-from lightning_autoq.data.loading import check_count
+from lightning_autoq.utils.checks import check_count
 
 FILES: tuple[str, ...] = (
     "train-images-idx3-ubyte",

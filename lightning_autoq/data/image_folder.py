@@ -8,7 +8,8 @@ import lightning as L
 from torchvision import datasets, transforms
 from torchvision.datasets.folder import find_classes
 
-from lightning_autoq.data.loading import SplitLoaders, check_count
+from lightning_autoq.data.loading import SplitLoaders
+from lightning_autoq.utils.checks import check_count
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

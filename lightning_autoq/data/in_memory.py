@@ -11,7 +11,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_autoq.data.augment import random_crop_flip
-from lightning_autoq.data.loading import SplitLoaders, check_count
+from lightning_autoq.data.loading import SplitLoaders
+from lightning_autoq.utils.checks import check_count
 
 
 class TensorImageDataset(Dataset[tuple[Tensor, Tensor]]):

@@ -64,11 +64,3 @@ class SplitLoaders:
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False, split="test")
-
-
-def check_count(name: str, value: object, minimum: int, more: str = "") -> int:
-    """``value`` if it is an integer >= ``minimum``; a ValueError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (f" {more}" if more else "")
-        raise ValueError(f"{name}={value!r} is not allowed; allowed: {allowed}")
-    return value
