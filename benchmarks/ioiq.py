@@ -32,14 +32,12 @@ from lightning_autoq.convert import quantized_layers
 from lightning_autoq.data import FashionMNISTDataModule
 from lightning_autoq.export import export_integer
 from lightning_autoq.models import ImageClassifier, resnet20
-from lightning_autoq.utils.benchmarking import write_json
+from lightning_autoq.utils.benchmarking import DEVICES, accelerator, require_device, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEDULE = (0.5, 0.75, 0.875, 1.0)
 
 
-DEVICES = ("auto", "cpu", "cuda")
-ACCELERATOR = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}
 _device = "auto"  # set from --device in main()
 
 
@@ -53,7 +51,7 @@ def _trainer(epochs: int, callbacks: list[L.Callback], root: Path) -> L.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        accelerator=ACCELERATOR[_device],
+        accelerator=accelerator(_device),
         devices=1,
     )
 
@@ -141,8 +139,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="ResNet-20 width")
     parser.add_argument("--train-subset", type=int, default=None, help="training images")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    require_device(parser, args.device)
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs={args.epochs} is not allowed; allowed: >= 1")
     global _device
