@@ -34,8 +34,13 @@ from lightning_autoq.callbacks import Quantize  # noqa: E402
 from lightning_autoq.callbacks.precision_learning import PrecisionLearning  # noqa: E402
 from lightning_autoq.convert import quantized_layers, weight_size_bits  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
-from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
-from lightning_autoq.utils.benchmarking import add_run_arguments, write_json  # noqa: E402
+from lightning_autoq.models import ImageClassifier  # noqa: E402
+from lightning_autoq.utils.benchmarking import (  # noqa: E402
+    add_model_arguments,
+    add_run_arguments,
+    resnet20_classifier,
+    write_json,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "precision_learning.json"
 
@@ -60,11 +65,7 @@ def run(args: argparse.Namespace, callbacks: list[L.Callback]) -> tuple[float, I
     """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; test accuracy and model."""
     L.seed_everything(0, verbose=False)
     dm = datamodule(args)
-    module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
-    if args.init_checkpoint:
-        from lightning_autoq.models.checkpoint import load_model_weights
-
-        load_model_weights(module.model, args.init_checkpoint)
+    module = resnet20_classifier(args, lr=args.lr, weight_decay=1e-4)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         callbacks=callbacks,
@@ -101,8 +102,13 @@ def bench_budget(args: argparse.Namespace, budget: float) -> dict[str, Any]:
     acc, module = run(args, [Quantize(policy(args.scheme, args.bits_start, args.act_bits)), qpl])
     n = total_weights(module)
     size_bits = weight_size_bits(module)
+    policy_file = None
+    if qpl.policy is not None:
+        policy_file = Path(args.out_dir) / f"precision_policy_w{budget:g}.yaml"
+        qpl.policy.save(policy_file)
     learned = {
         "test_acc": acc,
+        "policy_file": None if policy_file is None else str(policy_file),
         "size_bytes": size_bits / 8,
         "average_bits": size_bits / n,
         "within_budget": size_bits <= budget * n,
@@ -149,7 +155,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits-lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--init-checkpoint", default=None, help="float weights to start from")
+    add_model_arguments(p)
     add_run_arguments(p, RESULTS, "runs/benchmarks/precision_learning")
     args = p.parse_args(argv)
     if args.quick:
@@ -167,7 +173,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     start = time.perf_counter()
-    results = {f"w{b:g}": bench_budget(args, b) for b in args.budgets}
+    results: dict[str, Any] = {}
     report = {
         "benchmark": "precision_learning",
         "quick": args.quick,
@@ -179,8 +185,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if k not in {"out", "out_dir"}
         },
         "results": results,
-        "wall_s": time.perf_counter() - start,
+        "complete": False,
     }
+    for budget in args.budgets:  # rewritten after each budget: a cut run keeps its rows
+        results[f"w{budget:g}"] = bench_budget(args, budget)
+        report["wall_s"] = time.perf_counter() - start
+        write_json(report, args.out)
+    report["complete"] = True
     write_json(report, args.out)
     print(f"wrote {args.out} ({report['wall_s']:.0f} s)")
     return report

@@ -42,13 +42,14 @@ from lightning_autoq import AUTOQNN_SCHEMES, LayerConfig, QuantPolicy  # noqa: E
 from lightning_autoq.callbacks import Quantize  # noqa: E402
 from lightning_autoq.callbacks.scheme_search import SchemeSearch  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
-from lightning_autoq.models import ImageClassifier, resnet20  # noqa: E402
 from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
 from lightning_autoq.utils.benchmarking import (  # noqa: E402
     StepTimer,
     accelerator,
+    add_model_arguments,
     add_run_arguments,
     require_device,
+    resnet20_classifier,
     write_json,
 )
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace, callbacks: list[L.Callback], timer: StepTimer)
     """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; the test accuracy."""
     L.seed_everything(0, verbose=False)
     dm = datamodule(args)
-    module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
+    module = resnet20_classifier(args, lr=args.lr, weight_decay=1e-4)
     trainer = _trainer(args, [timer, *callbacks], max_epochs=args.epochs)
     trainer.fit(module, datamodule=dm)
     return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
@@ -128,7 +129,7 @@ def step_times(args: argparse.Namespace, bits: int) -> dict[str, Any]:
     for _ in range(args.rounds):
         for kind in ("qat", "search"):
             L.seed_everything(0, verbose=False)
-            module = ImageClassifier(resnet20(in_channels=1), lr=args.lr, weight_decay=1e-4)
+            module = resnet20_classifier(args, lr=args.lr, weight_decay=1e-4)
             timer = StepTimer(skip=skip)
             callbacks: list[L.Callback] = [timer, Quantize(policy)]
             if kind == "search":
@@ -160,8 +161,11 @@ def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
     acc = run(args, [Quantize(single_policy("clip", bits)), search], timer)
     assert search.policy is not None
     chosen = search.chosen_schemes()
+    policy_file = Path(args.out_dir) / f"scheme_policy_w{bits}a{bits}.yaml"
+    search.policy.save(policy_file)
     searched = {
         "test_acc": acc,
+        "policy_file": str(policy_file),
         "scheme_counts": dict(Counter(chosen.values())),
         "chosen": chosen,
         "policy": search.policy.to_dict(),
@@ -198,6 +202,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--search-size", type=int, default=11000)
+    add_model_arguments(p)
     add_run_arguments(p, RESULTS, "runs/benchmarks/scheme_search")
     args = p.parse_args(argv)
     if args.quick:
@@ -216,10 +221,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     start = time.perf_counter()
-    if args.step_time_only:
-        results = {f"w{b}a{b}": {"step_time_s": step_times(args, b)} for b in args.bits}
-    else:
-        results = {f"w{b}a{b}": bench_bits(args, b) for b in args.bits}
+    out = args.out
+    if args.step_time_only and out == RESULTS:
+        out = RESULTS.with_name("scheme_search_step_time.json")
+    results: dict[str, Any] = {}
     report = {
         "benchmark": "scheme_search",
         "quick": args.quick,
@@ -231,11 +236,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if k not in {"out", "out_dir"}
         },
         "results": results,
-        "wall_s": time.perf_counter() - start,
+        "complete": False,
     }
-    out = args.out
-    if args.step_time_only and out == RESULTS:
-        out = RESULTS.with_name("scheme_search_step_time.json")
+    for b in args.bits:  # the JSON is rewritten after each bit-width: a cut run keeps its rows
+        row = {"step_time_s": step_times(args, b)} if args.step_time_only else bench_bits(args, b)
+        results[f"w{b}a{b}"] = row
+        report["wall_s"] = time.perf_counter() - start
+        write_json(report, out)
+    report["complete"] = True
     write_json(report, out)
     print(f"wrote {out} ({report['wall_s']:.0f} s)")
     return report

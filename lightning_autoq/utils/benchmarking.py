@@ -13,6 +13,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_autoq.models import ImageClassifier, resnet20
+from lightning_autoq.models.checkpoint import load_model_weights
+
 #: ``--device`` choices of the benchmark scripts.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -25,6 +28,27 @@ def add_run_arguments(parser: argparse.ArgumentParser, results: Path, out_dir: s
     parser.add_argument("--device", "--accelerator", dest="device", default="auto", choices=DEVICES)
     parser.add_argument("--out", type=Path, default=results, help="the result JSON")
     parser.add_argument("--out-dir", default=out_dir, help="run folder (checkpoints, logs)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, width: int = 16) -> None:
+    """The ResNet-20 options: its width and the float weights it starts from."""
+    parser.add_argument("--width", type=int, default=width, help="ResNet-20 width")
+    parser.add_argument(
+        "--init-checkpoint",
+        default=None,
+        help="float weights to start from (a Lightning .ckpt or a state_dict file)",
+    )
+
+
+def resnet20_classifier(args: argparse.Namespace, **options: Any) -> ImageClassifier:
+    """Fashion-MNIST ResNet-20 of ``args.width``, loaded from ``args.init_checkpoint`` if set.
+
+    ``options`` go to :class:`~lightning_autoq.models.ImageClassifier` (lr, weight decay...).
+    """
+    model = resnet20(in_channels=1, width=args.width)
+    if args.init_checkpoint:
+        load_model_weights(model, args.init_checkpoint)
+    return ImageClassifier(model, **options)
 
 
 def require_device(parser: argparse.ArgumentParser, device: str) -> None:
@@ -87,7 +111,9 @@ __all__ = [
     "DEVICES",
     "StepTimer",
     "accelerator",
+    "add_model_arguments",
     "add_run_arguments",
     "require_device",
+    "resnet20_classifier",
     "write_json",
 ]
