@@ -42,7 +42,7 @@ from lightning_autoq import AUTOQNN_SCHEMES, LayerConfig, QuantPolicy  # noqa: E
 from lightning_autoq.callbacks import Quantize  # noqa: E402
 from lightning_autoq.callbacks.scheme_search import SchemeSearch  # noqa: E402
 from lightning_autoq.data import FashionMNISTDataModule  # noqa: E402
-from lightning_autoq.quant.mixture import candidate_bits  # noqa: E402
+from lightning_autoq.quant.mixture import SAMPLINGS, candidate_bits  # noqa: E402
 from lightning_autoq.utils.benchmarking import (  # noqa: E402
     StepTimer,
     accelerator,
@@ -189,8 +189,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--step-time-only", action="store_true", help="only the step-time ratio")
     p.add_argument("--steps", type=int, default=8, help="batches per step-time run")
     p.add_argument("--rounds", type=int, default=2, help="interleaved step-time rounds")
-    p.add_argument("--weight-sampling", choices=["hard", "soft"], default="hard")
-    p.add_argument("--theta-sampling", choices=["soft", "hard"], default="soft")
+    p.add_argument("--weight-sampling", choices=SAMPLINGS, default="hard")
+    p.add_argument("--theta-sampling", choices=SAMPLINGS, default="pair")
     p.add_argument("--theta-every", type=int, default=1)
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3])
     p.add_argument("--epochs", type=int, default=20)

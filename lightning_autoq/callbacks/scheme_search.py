@@ -89,20 +89,21 @@ class SchemeSearch(L.Callback):
     batch), then Lightning's normal weight step (first-order DARTS alternation). By default the
     weight step runs one Gumbel-sampled candidate per cell (``weight_sampling="hard"``, GDAS,
     https://arxiv.org/abs/1910.04465: the cost of a plain QAT step) and the ``theta`` step
-    the full Gumbel-softmax mixture (``theta_sampling="soft"``: every candidate is compared on
-    every step); ``theta_sampling="hard"`` makes the ``theta`` step one sampled candidate too,
-    with a straight-through gradient to ``theta``. Every rank draws the same samples (the noise
-    is seeded by step and phase). ``theta`` requires a gradient only inside ``theta`` steps, so
-    the weight loss never gives it one. The ``theta`` forward runs in train mode and
-    every buffer (BatchNorm running statistics, quantizers' running ranges) is saved before
-    and restored after it, so search batches never change them; only ``theta`` gets a gradient,
-    averaged over ranks under DDP. Before ``start_epoch`` the weights train under the
-    Gumbel-sampled candidates at the first temperature with ``theta`` frozen (a warm-up); in
-    evaluation hard cells run their argmax candidate and soft cells mix with the noise-free
-    ``softmax(theta / tau)``. At the end of the
-    range each cell is fixed on its argmax (it then computes exactly its chosen quantizer),
-    the layers' ``config`` is set to the chosen schemes and the policy is written to
-    ``scheme_policy.yaml``; training goes on with the fixed policy.
+    mixes two candidates per cell drawn with probabilities ``softmax(theta)``
+    (``theta_sampling="pair"``, ProxylessNAS, https://arxiv.org/abs/1812.00332: a pairwise
+    comparison at the cost of two quantizers); ``"soft"`` mixes every candidate (compares all,
+    costs all) and ``"hard"`` runs one sampled candidate with a straight-through gradient.
+    Every rank draws the same samples (the noise is seeded by step and phase). ``theta``
+    requires a gradient only inside ``theta`` steps, so the weight loss never gives it one.
+    The ``theta`` forward runs in train mode and every buffer (BatchNorm running statistics,
+    quantizers' running ranges) is saved before and restored after it, so search batches
+    never change them; only ``theta`` gets a gradient, averaged over ranks under DDP. Before
+    ``start_epoch`` the weights train under the Gumbel-sampled candidates at the first
+    temperature with ``theta`` frozen (a warm-up); in evaluation hard and pair cells run
+    their argmax candidate and soft cells mix with the noise-free ``softmax(theta / tau)``.
+    At the end of the range each cell is fixed on its argmax (it then computes exactly its
+    chosen quantizer), the layers' ``config`` is set to the chosen schemes and the policy is
+    written to ``scheme_policy.yaml``; training goes on with the fixed policy.
     :func:`~lightning_autoq.quant.mixture.collapse` swaps the fixed cells for plain quantizers
     for export.
 
@@ -127,7 +128,7 @@ class SchemeSearch(L.Callback):
         seed: seed of the Gumbel noise (identical on every rank).
         weight_sampling: the weight step's forward: ``"hard"`` (one sampled candidate per
             cell) or ``"soft"`` (the full mixture, costs every candidate).
-        theta_sampling: the ``theta`` step's forward, ``"soft"`` or ``"hard"``.
+        theta_sampling: the ``theta`` step's forward, ``"pair"``, ``"soft"`` or ``"hard"``.
         theta_every: take a ``theta`` step on every ``theta_every``-th training batch.
 
     Example:
@@ -151,7 +152,7 @@ class SchemeSearch(L.Callback):
         module_name: str | None = None,
         seed: int = 0,
         weight_sampling: Sampling = "hard",
-        theta_sampling: Sampling = "soft",
+        theta_sampling: Sampling = "pair",
         theta_every: int = 1,
     ) -> None:
         for name, value in (
@@ -405,7 +406,7 @@ class SchemeSearch(L.Callback):
     def _begin_phase(self, trainer: L.Trainer, phase: int, sampling: Sampling) -> None:
         """Seed the noise of ``phase`` (0: theta, 1: weights) and set every cell's sampling.
 
-        Hard cells draw their sample now, in a fixed order, from one host copy of each
+        Hard and pair cells draw their sample now, in a fixed order, from one host copy of each
         ``theta`` (one device sync per logit vector instead of one per cell).
         """
         self._seed_noise(trainer, phase)
@@ -413,7 +414,7 @@ class SchemeSearch(L.Callback):
         for _, _, cell in self._cells:
             cell.sampling = sampling
             cell.clear_sample()
-            if sampling == "hard" and not cell.fixed:
+            if sampling != "soft" and not cell.fixed:
                 key = id(cell.theta)
                 if key not in host:
                     host[key] = cell.theta.detach().float().cpu()

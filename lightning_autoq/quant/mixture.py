@@ -12,6 +12,12 @@ training forward runs only the candidate ``argmax(theta + g)`` and multiplies it
 straight-through weight ``m_i - stop_grad(m_i) + 1`` (exactly 1 in value), so it costs one
 quantizer and ``theta`` still gets a gradient; evaluation then runs the argmax candidate.
 
+With ``sampling="pair"`` (ProxylessNAS's two-path sampling, Cai et al. 2019,
+https://arxiv.org/abs/1812.00332) a training forward mixes two candidates drawn without
+replacement with probabilities ``softmax(theta)`` (the top two of ``theta + g``), weighted by
+``softmax(theta_pair / tau)``: ``theta`` learns from pairwise comparisons at the cost of two
+quantizers instead of all of them; evaluation runs the argmax candidate.
+
 Once fixed (``chosen >= 0``) a cell returns its chosen candidate's output exactly, at the cost
 of a plain quantizer; :func:`collapse` swaps fixed cells for those candidates.
 """
@@ -27,8 +33,8 @@ from torch import Tensor, nn
 from lightning_autoq.quant.quantizer import Quantizer
 from lightning_autoq.quant.schemes import scheme_class
 
-Sampling = Literal["soft", "hard"]
-SAMPLINGS: tuple[str, ...] = ("soft", "hard")
+Sampling = Literal["soft", "hard", "pair"]
+SAMPLINGS: tuple[str, ...] = ("soft", "hard", "pair")
 
 
 def candidate_bits(scheme: str, bits: int) -> int | None:
@@ -63,9 +69,12 @@ class SchemeMixture(nn.Module):
     ``sampling="hard"``: in training only the candidate ``i = argmax(theta[slots] + g)`` runs,
     scaled by the straight-through weight ``m_i - stop_grad(m_i) + 1`` (1 in value; the
     gradient of ``m_i``, added only while ``theta`` requires a gradient); in evaluation the
-    argmax of ``theta`` runs. :meth:`resample` draws the noise ahead of a forward (the search
-    does, once per step, so a layer and its bias see the same draw); without it every forward
-    draws afresh. ``last_index`` is the candidate the last forward ran (None: a soft mixture).
+    argmax of ``theta`` runs. ``sampling="pair"``: in training the two candidates with the
+    largest ``theta[slots] + g`` are mixed with weights ``softmax(theta[pair] / tau)``; in
+    evaluation the argmax runs. :meth:`resample` draws the noise ahead of a forward (the
+    search does, once per step, so a layer and its bias see the same draw); without it every
+    forward draws afresh. ``last_index`` is the candidate the last forward ran (None: a
+    mixture).
     Once ``chosen`` (a persistent buffer, -1 while searching) holds an index, the cell returns
     exactly that candidate's output and ``theta`` gets no gradient.
 
@@ -74,7 +83,8 @@ class SchemeMixture(nn.Module):
         theta: the logits (a shared ``nn.Parameter``); None creates zeros, one per candidate.
         slots: index into ``theta`` of each candidate; None: ``0..len(candidates)-1``.
         tau: initial temperature.
-        sampling: ``"soft"`` (the full mixture) or ``"hard"`` (one sampled candidate).
+        sampling: ``"soft"`` (the full mixture), ``"hard"`` (one sampled candidate) or
+            ``"pair"`` (a mixture of two sampled candidates).
 
     Example:
         >>> cell = SchemeMixture([Quantizer("clip", 2), Quantizer("binary", 1)])
@@ -116,7 +126,8 @@ class SchemeMixture(nn.Module):
         self.sampling: Sampling = sampling
         self.generator: torch.Generator | None = None
         self.last_index: int | None = None
-        self._draw: tuple[int, Tensor] | None = None  # (index, Gumbel noise) from resample()
+        # (candidates ranked by theta + noise, the noise) from resample()
+        self._draw: tuple[list[int], Tensor] | None = None
 
     @property
     def names(self) -> list[str]:
@@ -156,15 +167,38 @@ class SchemeMixture(nn.Module):
 
     @torch.no_grad()
     def resample(self, host_logits: Tensor | None = None) -> int:
-        """Draw the hard sample the next training forwards use; returns its index.
+        """Draw the sample the next training forwards use; returns the top candidate's index.
 
         ``host_logits``: this cell's logits already on the CPU (saves a device sync per cell).
         """
         noise = self._gumbel()
         logits = self.logits().float().cpu() if host_logits is None else host_logits.float()
-        index = int((logits + noise).argmax())
-        self._draw = (index, noise)
-        return index
+        ranked = torch.argsort(logits + noise, descending=True)[:2].tolist()
+        self._draw = (ranked, noise)
+        return ranked[0]
+
+    def _drawn(self) -> tuple[list[int], Tensor]:
+        """The sample drawn ahead by :meth:`resample`, or a fresh one for this forward only."""
+        if self._draw is not None:
+            return self._draw
+        self.resample()
+        draw, self._draw = self._draw, None
+        assert draw is not None
+        return draw
+
+    def pair(self) -> tuple[list[int], Tensor] | None:
+        """``sampling="pair"`` in training: the two drawn candidates and their mixing weights.
+
+        None when the next forward is not a pair mixture (another sampling, evaluation, a
+        fixed cell, or a single candidate).
+        """
+        if self.sampling != "pair" or not self.training or self.fixed:
+            return None
+        if len(self.candidates) < 2:
+            return None
+        indices = self._drawn()[0]
+        logits = self.logits()[indices].float()
+        return indices, torch.softmax(logits / self.tau, dim=0)
 
     def clear_sample(self) -> None:
         """Forget the drawn sample: the next hard training forward draws its own."""
@@ -173,20 +207,17 @@ class SchemeMixture(nn.Module):
     def select(self) -> tuple[int | None, Tensor | None]:
         """The candidate the next forward runs and its straight-through weight (or None).
 
-        ``(None, None)``: a soft mixture of all candidates.
+        ``(None, None)``: a mixture (soft: of all candidates; pair: of the two drawn).
         """
         if self.fixed:
             return int(self.chosen), None
-        if self.sampling == "soft":
+        mixing = self.sampling == "soft" or (self.sampling == "pair" and self.training)
+        if mixing and len(self.candidates) > 1:
             return None, None
-        if not self.training:
+        if not self.training or len(self.candidates) == 1:
             return int(self.logits().argmax()), None
-        if self._draw is None:  # no drawn sample: a fresh one for this forward only
-            self.resample()
-            index, noise = self._draw  # type: ignore[misc]
-            self._draw = None
-        else:
-            index, noise = self._draw
+        ranked, noise = self._drawn()
+        index = ranked[0]
         if not (torch.is_grad_enabled() and self.theta.requires_grad):
             return index, None
         logits = self.logits().float() + noise.to(self.theta.device)
@@ -217,10 +248,15 @@ class SchemeMixture(nn.Module):
         self.last_index = index
         if index is not None:
             return self.scale(self.candidates[index](x), weight)  # type: ignore[arg-type]
-        weights = self.mixing_weights().to(x.device)
+        pair = self.pair()
+        if pair is None:
+            indices, weights = list(range(len(self.candidates))), self.mixing_weights()
+        else:
+            indices, weights = pair
+        weights = weights.to(x.device)
         mixed: Tensor | None = None
-        for weight, quantizer in zip(weights, self.candidates, strict=True):
-            term = quantizer(x).float() * weight  # accumulating beats stacking in time and memory
+        for weight, i in zip(weights, indices, strict=True):
+            term = self.candidates[i](x).float() * weight  # accumulating beats stacking
             mixed = term if mixed is None else mixed + term
         assert mixed is not None
         return mixed.to(x.dtype)

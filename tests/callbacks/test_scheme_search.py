@@ -88,8 +88,16 @@ def regression_loader(seed: int) -> DataLoader:
     )
 
 
-def test_theta_moves_to_the_clearly_better_scheme(tmp_path: Path) -> None:
-    L.seed_everything(0)
+# Pair sampling (two candidates per theta step) finds the better scheme on every seed tried
+# (0-4: its probability 0.85-0.93 after 6 epochs, soft 0.91-0.95); hard (GDAS) theta steps
+# did not (argmax on 2 of 5 seeds).
+@pytest.mark.parametrize(
+    ("theta_sampling", "seed"), [("soft", 0), ("pair", 0), ("pair", 1), ("pair", 2)]
+)
+def test_theta_moves_to_the_clearly_better_scheme(
+    tmp_path: Path, theta_sampling: str, seed: int
+) -> None:
+    L.seed_everything(seed)
     module = Teacher()
     policy = QuantPolicy(
         LayerConfig("clip", 8, act_bits=None, bias_bits=None),
@@ -99,14 +107,16 @@ def test_theta_moves_to_the_clearly_better_scheme(tmp_path: Path) -> None:
     )
     search = SchemeSearch(
         0,
-        3,
+        6,
         weight_candidates=("binary", "clip", "ternary"),
         lr=0.1,
         search_dataloader=regression_loader(1),
         loss_fn=mse,
+        theta_sampling=theta_sampling,
+        seed=seed,
     )
     trainer = L.Trainer(
-        max_epochs=3,
+        max_epochs=6,
         callbacks=[Quantize(policy), search],
         default_root_dir=tmp_path,
         logger=False,
@@ -119,7 +129,7 @@ def test_theta_moves_to_the_clearly_better_scheme(tmp_path: Path) -> None:
     cell = module.fc.weight_quant
     assert isinstance(cell, SchemeMixture) and cell.names == ["binary", "clip", "ternary"]
     probs = cell.probabilities()
-    assert probs[1] > 0.6 and probs[1] == probs.max(), probs
+    assert probs[1] > 0.8 and probs[1] == probs.max(), probs
     assert cell.fixed and cell.candidate.scheme.name == "clip"
     assert module.fc.config.scheme == "clip" and module.fc.config.weight_bits == 8
 

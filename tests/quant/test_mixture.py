@@ -166,3 +166,57 @@ def test_hard_sample_drawn_ahead_is_kept_and_eval_runs_the_argmax() -> None:
     assert torch.equal(cell(x), cell.candidates[2](x)) and cell.last_index == 2
     with pytest.raises(ValueError, match=r"sampling='gdas' is not allowed; allowed: soft, hard"):
         SchemeMixture([Quantizer("clip", 2)], sampling="gdas")  # type: ignore[arg-type]
+
+
+def _pair(**kwargs) -> SchemeMixture:
+    cands = [
+        Quantizer("clip", 2),
+        Quantizer("binary", 1),
+        Quantizer("zoom", 2),
+        Quantizer("ternary", 2),
+    ]
+    return SchemeMixture(cands, sampling="pair", **kwargs)
+
+
+def test_pair_sampling_mixes_two_drawn_candidates_and_only_their_logits_learn() -> None:
+    cell = _pair(tau=0.8)
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([0.5, -0.3, 0.2, 0.0]))
+    x = torch.randn(6, 5)
+    pairs = set()
+    for seed in range(30):
+        cell.generator = torch.Generator().manual_seed(seed)
+        first = cell.resample()
+        indices, _ = cell._draw  # type: ignore[misc]
+        assert first == indices[0] and len(set(indices)) == 2
+        pairs.add(frozenset(indices))
+        cell.theta.grad = None
+        out = cell(x)
+        assert cell.last_index is None  # a mixture
+        theta = cell.theta.detach()
+        m = torch.softmax(theta[indices] / 0.8, 0)
+        expected = m[0] * cell.candidates[indices[0]](x) + m[1] * cell.candidates[indices[1]](x)
+        torch.testing.assert_close(out, expected)
+        out.square().sum().backward()
+        grad = cell.theta.grad
+        assert grad is not None
+        others = [i for i in range(4) if i not in indices]
+        assert grad[indices].abs().min() > 0 and torch.all(grad[others] == 0)
+        cell.clear_sample()
+    assert len(pairs) > 3  # the draws cover several pairs
+
+
+def test_pair_draws_follow_the_probabilities_and_eval_runs_the_argmax() -> None:
+    cell = _pair()
+    with torch.no_grad():
+        cell.theta.copy_(torch.tensor([1.5, 0.0, -1.0, 0.0]))
+    cell.generator = torch.Generator().manual_seed(0)
+    firsts = torch.tensor([cell.resample() for _ in range(4000)])
+    frequency = torch.bincount(firsts, minlength=4).float() / len(firsts)
+    # Gumbel top-1 is a draw from softmax(theta): the first of the pair follows it.
+    torch.testing.assert_close(frequency, cell.probabilities(), atol=0.03, rtol=0)
+    x = torch.randn(3, 4)
+    cell.eval()
+    assert torch.equal(cell(x), cell.candidates[0](x)) and cell.last_index == 0
+    single = SchemeMixture([Quantizer("clip", 2)], sampling="pair")
+    assert torch.equal(single(x), single.candidates[0](x)) and single.last_index == 0
