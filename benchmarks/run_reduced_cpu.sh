@@ -5,7 +5,8 @@
 # starting from one float checkpoint (4 epochs of recipes/fashion_mnist/resnet20_fp.yaml).
 #   lane 1: precision_learning (3.0 and 2.5-bit budgets), then, once lane 2 has the W2A2
 #           searched policy, peers at W4A4/W3A3/W2A2 with the QSS and QPL policies added
-#   lane 2: scheme_search at W2A2, then at W3A3
+#   lane 2: scheme_search at W2A2, then at W3A3 (per-layer and whole-model searches, theta
+#           lr 0.03: at the default 3e-3 two search epochs leave theta near uniform)
 # Each benchmark writes its JSON (and PNG) and log under RESULTS_DIR.
 set -u
 out=${1:?results folder}
@@ -25,7 +26,8 @@ fi
 lane2() {
   for b in 2 3; do
     $PY benchmarks/scheme_search.py "${common[@]}" --bits "$b" --epochs 3 --search-epochs 2 \
-      --search-size 5000 --lr 0.01 --out "$out/scheme_search_w${b}a${b}.json" \
+      --search-size 5000 --lr 0.01 --mode layer model --theta-lr 0.03 \
+      --out "$out/scheme_search_w${b}a${b}.json" \
       --out-dir "$out/scheme_search" > "$out/scheme_search_w${b}a${b}.log" 2>&1
   done
 }
@@ -35,7 +37,7 @@ lane2_pid=$!
 $PY benchmarks/precision_learning.py "${common[@]}" --epochs 4 --qpl-epochs 2 \
   --warmup-epochs 0 --ramp-epochs 1 --lr 0.01 --out "$out/precision_learning.json" \
   --out-dir "$out/precision_learning" > "$out/precision_learning.log" 2>&1
-qss="$out/scheme_search/scheme_policy_w2a2.yaml"
+qss="$out/scheme_search/scheme_policy_w2a2_layer.yaml"
 while [ ! -f "$qss" ] && kill -0 "$lane2_pid" 2>/dev/null; do sleep 30; done
 policies=(--policy-yaml)
 [ -f "$qss" ] && policies+=("qss_w2a2=$qss")

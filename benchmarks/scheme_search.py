@@ -84,21 +84,22 @@ def _trainer(args: argparse.Namespace, callbacks: list[L.Callback], **kwargs: An
     )
 
 
-def run(args: argparse.Namespace, callbacks: list[L.Callback], timer: StepTimer) -> float:
+def run(args: argparse.Namespace, callbacks: list[L.Callback]) -> float:
     """Train ResNet-20 for ``args.epochs`` epochs with ``callbacks``; the test accuracy."""
     L.seed_everything(0, verbose=False)
     dm = datamodule(args)
     module = resnet20_classifier(args, lr=args.lr, weight_decay=1e-4)
-    trainer = _trainer(args, [timer, *callbacks], max_epochs=args.epochs)
+    trainer = _trainer(args, callbacks, max_epochs=args.epochs)
     trainer.fit(module, datamodule=dm)
     return float(trainer.test(module, datamodule=dm, verbose=False)[0]["test/acc"])
 
 
-def make_search(args: argparse.Namespace, end_epoch: int) -> SchemeSearch:
+def make_search(args: argparse.Namespace, end_epoch: int, mode: str) -> SchemeSearch:
     return SchemeSearch(
         0,
         end_epoch,
-        mode=args.mode,
+        mode=mode,  # type: ignore[arg-type]
+        lr=args.theta_lr,
         weight_candidates=args.weight_candidates,
         act_candidates=args.act_candidates,
         weight_sampling=args.weight_sampling,
@@ -133,7 +134,7 @@ def step_times(args: argparse.Namespace, bits: int) -> dict[str, Any]:
             timer = StepTimer(skip=skip)
             callbacks: list[L.Callback] = [timer, Quantize(policy)]
             if kind == "search":
-                callbacks.append(make_search(args, 1))
+                callbacks.append(make_search(args, 1, args.mode[0]))
             trainer = _trainer(
                 args, callbacks, max_epochs=1, limit_train_batches=skip + timed, limit_val_batches=0
             )
@@ -154,31 +155,38 @@ def single_policy(scheme: str, bits: int) -> QuantPolicy:
     return QuantPolicy(LayerConfig(scheme, b, b), first_last_bits=candidate_bits(scheme, 8))
 
 
-def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
-    print(f"== W{bits}A{bits}", flush=True)
-    timer = StepTimer()
-    search = make_search(args, args.search_epochs)
-    acc = run(args, [Quantize(single_policy("clip", bits)), search], timer)
+def searched_row(args: argparse.Namespace, bits: int, mode: str) -> dict[str, Any]:
+    """Search over ``args.search_epochs`` epochs, then train on with the fixed policy."""
+    search = make_search(args, args.search_epochs, mode)
+    acc = run(args, [Quantize(single_policy("clip", bits)), search])
     assert search.policy is not None
     chosen = search.chosen_schemes()
-    policy_file = Path(args.out_dir) / f"scheme_policy_w{bits}a{bits}.yaml"
+    policy_file = Path(args.out_dir) / f"scheme_policy_w{bits}a{bits}_{mode}.yaml"
     search.policy.save(policy_file)
-    searched = {
+    # How decided the search ended: the chosen scheme's probability, averaged over tensors.
+    decided = [max(dist.values()) for _, _, dist in search.distributions()]
+    print(f"searched policy ({mode}): acc {acc:.4f}", flush=True)
+    return {
         "test_acc": acc,
         "policy_file": str(policy_file),
         "scheme_counts": dict(Counter(chosen.values())),
+        "mean_chosen_probability": statistics.fmean(decided),
         "chosen": chosen,
         "policy": search.policy.to_dict(),
     }
-    print(f"searched policy: acc {acc:.4f}", flush=True)
+
+
+def bench_bits(args: argparse.Namespace, bits: int) -> dict[str, Any]:
+    print(f"== W{bits}A{bits}", flush=True)
+    searched = {mode: searched_row(args, bits, mode) for mode in args.mode}
     single: dict[str, float] = {}
     for scheme in args.schemes:
-        single[scheme] = run(args, [Quantize(single_policy(scheme, bits))], StepTimer())
+        single[scheme] = run(args, [Quantize(single_policy(scheme, bits))])
         print(f"single {scheme:16s} acc {single[scheme]:.4f}", flush=True)
     return {
         "searched": searched,
         "single": single,
-        "best_single": max(single, key=single.__getitem__),
+        "best_single": max(single, key=single.__getitem__) if single else None,
         "step_time_s": step_times(args, bits),
     }
 
@@ -195,8 +203,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3])
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--search-epochs", type=int, default=10)
-    p.add_argument("--mode", choices=["layer", "model"], default="layer")
-    p.add_argument("--schemes", nargs="+", default=list(AUTOQNN_SCHEMES), help="single runs")
+    p.add_argument("--mode", nargs="+", choices=["layer", "model"], default=["layer"])
+    p.add_argument("--theta-lr", type=float, default=3e-3, help="the theta optimizer's lr")
+    p.add_argument("--schemes", nargs="*", default=list(AUTOQNN_SCHEMES), help="single runs")
     p.add_argument("--weight-candidates", nargs="+", default=list(AUTOQNN_SCHEMES))
     p.add_argument("--act-candidates", nargs="+", default=list(AUTOQNN_SCHEMES))
     p.add_argument("--batch-size", type=int, default=128)
