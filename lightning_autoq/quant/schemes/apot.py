@@ -16,7 +16,7 @@ from lightning_autoq.quant.schemes.base import Params, Scheme, positive, registe
 from lightning_autoq.quant.schemes.qat_common import (
     exact_with_gradient,
     mse_clip,
-    nearest_in_sorted,
+    nearest_in_unit,
 )
 
 
@@ -89,14 +89,15 @@ class APoT(Scheme):
     def param_names(self) -> tuple[str, ...]:
         return ("alpha", "mean", "std")
 
+    def unit_level_values(self, signed: bool) -> tuple[float, ...]:
+        """The sorted level set for ``alpha = 1``, as Python floats."""
+        mags = apot_magnitudes(self.bits - 1 if signed else self.bits, self.base_bits)
+        return tuple(-m for m in reversed(mags[1:])) + mags if signed else mags
+
     def unit_levels(self, signed: bool, like: Tensor) -> Tensor:
         """The sorted level set for ``alpha = 1``."""
-        mags = torch.tensor(
-            apot_magnitudes(self.bits - 1 if signed else self.bits, self.base_bits),
-            dtype=like.dtype,
-            device=like.device,
-        )
-        return torch.cat([-mags[1:].flip(0), mags]) if signed else mags
+        values = self.unit_level_values(signed)
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
 
     def estimate(self, x: Tensor, signed: bool, dims: Sequence[int]) -> Params:
         x = x.detach()  # normalisation statistics carry no gradient (the paper's weight.data)
@@ -118,10 +119,13 @@ class APoT(Scheme):
 
     def quantize(self, x: Tensor, params: Params, signed: bool) -> Tensor:
         alpha = positive(params["alpha"])
-        z = (x - params["mean"]) / params["std"].clamp_min(TINY)
+        # Unsigned inputs are not normalised (mean 0, std 1: see estimate), so skip the passes.
+        z = (x - params["mean"]) / params["std"].clamp_min(TINY) if signed else x
         u = torch.clamp(z / alpha, -1.0 if signed else 0.0, 1.0)
-        unit = self.unit_levels(signed, x)
-        projected = unit[nearest_in_sorted(u.detach(), unit)]
+        values = self.unit_level_values(signed)
+        unit = torch.tensor(values, dtype=x.dtype, device=x.device)
+        index = nearest_in_unit(u.detach(), values)
+        projected = torch.index_select(unit, 0, index.reshape(-1)).view(u.shape)
         # RCF: d/dalpha [alpha (Pi(u) + u - u.detach())] = Pi(u) - u inside, +-1 outside.
         surrogate = alpha * (projected + u - u.detach())
         return exact_with_gradient(projected * alpha.detach(), surrogate)

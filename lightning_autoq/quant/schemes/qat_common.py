@@ -3,12 +3,15 @@
 A scheme's :meth:`~lightning_autoq.quant.Scheme.quantize` returns the exact level values in
 the forward pass and the paper's surrogate in the backward pass (:func:`exact_with_gradient`);
 the initial clipping values of the learned ranges come from a small MSE search
-(:func:`mse_clip`); non-uniform level sets are searched with :func:`nearest_in_sorted`.
+(:func:`mse_clip`); non-uniform level sets are searched with :func:`nearest_in_sorted`, or
+with :func:`nearest_in_unit` (a lookup table, same result) when the values lie in ``[-1, 1]``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -91,6 +94,56 @@ def nearest_in_sorted(u: Tensor, levels: Tensor) -> Tensor:
     return torch.bucketize(u, mid)
 
 
+#: Largest lookup table of :func:`nearest_in_unit` (bins per unit); beyond it, bucketize.
+MAX_UNIT_BINS = 2**16
+
+
+@lru_cache(maxsize=64)
+def _unit_table(
+    levels: tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[int, Tensor, Tensor] | None:
+    """``(n, first, mids)`` for :func:`nearest_in_unit`, or None when the mids are too close.
+
+    ``n`` (a power of two) bins per unit over ``[-1, 1]``, so narrow that each bin
+    ``[k/n, (k+1)/n)`` holds at most one midpoint between levels; ``first[k + n]`` is the
+    number of midpoints below ``k/n``; ``mids`` ends with ``+inf``.
+    """
+    values = torch.tensor(levels, dtype=dtype, device=device)
+    mids = (values[1:] + values[:-1]) / 2
+    gap = float((mids[1:] - mids[:-1]).min()) if mids.numel() > 1 else 2.0
+    if gap <= 0:
+        return None
+    n = 2 ** max(0, math.ceil(math.log2(1.0 / gap)))
+    if n > MAX_UNIT_BINS:
+        return None
+    edges = torch.arange(-n, n + 1, device=device, dtype=torch.float64).div_(n).to(dtype)
+    first = torch.bucketize(edges, mids)  # midpoints strictly below each bin's left edge
+    return n, first, torch.cat([mids, mids.new_tensor([math.inf])])
+
+
+def nearest_in_unit(u: Tensor, levels: tuple[float, ...]) -> Tensor:
+    """:func:`nearest_in_sorted` for ``u`` in ``[-1, 1]``, by a lookup table (same indices).
+
+    ``floor(u n)`` is exact for a power of two ``n``, so the table gives the number of
+    midpoints below the bin's left edge, and one comparison with the next midpoint finishes
+    the count (a bin holds at most one). Several times faster than ``torch.bucketize`` on
+    large tensors; falls back to it when two midpoints are closer than ``1 / MAX_UNIT_BINS``.
+
+    Args:
+        u: values in ``[-1, 1]`` (outside, the result is undefined).
+        levels: the sorted levels (a tuple, so the table is built once per level set).
+    """
+    table = _unit_table(levels, u.dtype, u.device)
+    if table is None or len(levels) == 1:
+        return nearest_in_sorted(u, torch.tensor(levels, dtype=u.dtype, device=u.device))
+    n, first, mids = table
+    flat = u.reshape(-1)
+    bins = torch.floor(flat * n).long().clamp_(-n, n).add_(n)
+    index = torch.index_select(first, 0, bins)  # far faster than advanced indexing on CPU
+    index += flat > torch.index_select(mids, 0, index)
+    return index.view(u.shape)
+
+
 def to_groups(x: Tensor, like: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """``x`` as ``(groups, values)``: one row per element of the broadcast parameter ``like``.
 
@@ -116,6 +169,7 @@ __all__ = [
     "exact_with_gradient",
     "mse_clip",
     "nearest_in_sorted",
+    "nearest_in_unit",
     "robust_range",
     "to_groups",
     "uniform_clip_quantize",
