@@ -114,8 +114,12 @@ class PrecisionLearning(L.Callback):
     ``warmup_epochs`` of them, then ramps linearly to ``gamma`` over ``ramp_epochs``. At the
     end of epoch ``end_epoch - 1`` the bits are frozen at their rounded values and repaired
     (:meth:`~lightning_autoq.convert.budget.SizeTerm.repair`: one bit at a time off the widest
-    tensor, ties to the largest) so that the final policy meets every budget; the layers'
-    configs are updated and the policy written to ``precision_policy.yaml`` in the log folder.
+    tensor, ties to the largest) so that the final policy meets every budget, then, with
+    ``fill_budget``, raised into what is left of it
+    (:meth:`~lightning_autoq.convert.budget.SizeTerm.fill`: one bit at a time to the tensor
+    whose learned width is furthest above its rounded one, while the budget holds); the
+    layers' configs are updated and the policy written to ``precision_policy.yaml`` in the
+    log folder.
     Training goes on with the fixed bits. Every learning epoch the per-tensor bits are logged
     (metrics ``autoq/bits/<layer>.<w|a>``, a table ``autoq/precision_bits``, a heatmap
     ``precision_bits.png``; an image with W&B) with ``autoq/model_size_bytes``.
@@ -136,6 +140,8 @@ class PrecisionLearning(L.Callback):
         unsupported: a quantizer of a scheme with fixed width (binary, ternary, power of two,
             residual binary): ``"error"`` or ``"keep"`` its bits.
         module_name: the submodule to act on (as in ``Quantize``).
+        fill_budget: after the repair, spend the budget left over (the hinge gives no reason
+            to climb back up once the bits are under budget, so they often end well below).
 
     Example:
         >>> from lightning_autoq.callbacks import Quantize
@@ -159,6 +165,7 @@ class PrecisionLearning(L.Callback):
         exclude: Sequence[str] = (),
         unsupported: Unsupported = "error",
         module_name: str | None = None,
+        fill_budget: bool = True,
     ) -> None:
         self.start_epoch = check_epoch("start_epoch", start_epoch, 0)
         self.end_epoch = check_epoch("end_epoch", end_epoch, start_epoch + 1)
@@ -197,6 +204,9 @@ class PrecisionLearning(L.Callback):
         self.exclude = list(exclude)
         self.unsupported = unsupported
         self.module_name = module_name
+        if not isinstance(fill_budget, bool):
+            raise ValueError(f"fill_budget={fill_budget!r} is not allowed; allowed: True, False")
+        self.fill_budget = fill_budget
         self.optimizer: torch.optim.Optimizer | None = None
         self.policy: QuantPolicy | None = None
         self.policy_path: Path | None = None
@@ -505,12 +515,16 @@ class PrecisionLearning(L.Callback):
     def freeze(self, trainer: L.Trainer | None = None) -> QuantPolicy:
         """Freeze the bits, repair them into every budget, update configs, write the policy."""
         bits = {s.key: self.slot_bits(s) for s in self._slots}
+        learned = {s.key: float(s.param) for s in self._slots}
+        highest = {s.key: s.active().max_bits for s in self._slots if s.active() is not None}  # type: ignore[union-attr]
         for term in self.terms():
             before = {k: bits[k] for k in term.names}
             after = term.repair(before)
+            if self.fill_budget:
+                after = term.fill(after, highest, learned)
             changed = {k: (before[k], after[k]) for k in after if after[k] != before[k]}
             if changed:
-                rank_zero_info(f"PrecisionLearning: {term.what} budget repair {changed}")
+                rank_zero_info(f"PrecisionLearning: {term.what} budget repair/fill {changed}")
             bits.update(after)
         for slot in self._slots:
             slot.param.fill_(float(bits[slot.key]))

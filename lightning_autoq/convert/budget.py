@@ -9,7 +9,8 @@ task loss alone.
 
 A :class:`SizeTerm` is one such sum: the learned tensors (an element count and a bit-width
 each) plus a constant part (tensors whose bits are not learned) against a budget in bits.
-:meth:`SizeTerm.repair` makes integer bit-widths meet the budget deterministically.
+:meth:`SizeTerm.repair` makes integer bit-widths meet the budget deterministically, and
+:meth:`SizeTerm.fill` spends what rounding and the dynamics left of it.
 """
 
 from __future__ import annotations
@@ -132,6 +133,36 @@ class SizeTerm:
             pick = min(movable, key=lambda n: (-out[n], -counts[n], order[n]))
             out[pick] -= 1
         return out
+
+    def fill(
+        self,
+        bits: Mapping[str, int],
+        highest: Mapping[str, int],
+        learned: Mapping[str, float],
+    ) -> dict[str, int]:
+        """Integer widths raised into the budget left over, one bit at a time.
+
+        While some tensor below its ``highest`` width can gain a bit within the budget, the
+        one whose ``learned`` (continuous) width is furthest above its integer width gets it:
+        the tensor the learning wanted widest relative to what it has; ties go to the smaller
+        tensor (cheaper), then to the first name. Widths over budget are returned unchanged
+        (:meth:`repair` first).
+
+        Example:
+            >>> term = SizeTerm("weight", ["a", "b"], [100, 10], [2, 2], 0.0, 3.0 * 110)
+            >>> term.fill({"a": 2, "b": 2}, {"a": 8, "b": 8}, {"a": 2.4, "b": 2.3})
+            {'a': 3, 'b': 3}
+        """
+        out = {n: int(bits[n]) for n in self.names}
+        counts = dict(zip(self.names, self.counts, strict=True))
+        order = {n: i for i, n in enumerate(self.names)}
+        while True:
+            room = self.budget_bits - self.size_of(out)
+            fits = [n for n in self.names if out[n] < highest[n] and counts[n] <= room]
+            if not fits:
+                return out
+            pick = max(fits, key=lambda n: (learned[n] - out[n], -counts[n], -order[n]))
+            out[pick] += 1
 
 
 __all__ = ["SizeTerm", "budget_in_bits"]

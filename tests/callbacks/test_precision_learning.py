@@ -105,6 +105,24 @@ def test_final_policy_meets_the_budget_after_repair(tmp_path: Path) -> None:
     assert all(b == int(b) for b in _bits(module).values())
 
 
+@pytest.mark.parametrize("fill_budget", [True, False])
+def test_bits_under_budget_are_filled_up_to_it(tmp_path: Path, fill_budget: bool) -> None:
+    # Start at 2 bits with a 4-bit budget: gamma 0 and a tiny lr leave them at 2.
+    policy2 = QuantPolicy(LayerConfig("clip", weight_bits=2, act_bits=6), first_last_bits=None)
+    qpl = PrecisionLearning(
+        0, 1, weight_budget_bits=4.0, gamma=0.0, lr=1e-6, fill_budget=fill_budget
+    )
+    module = _fit(tmp_path, qpl, 1, policy=policy2)
+    size = weight_size_bits(module)
+    assert size <= 4.0 * N_WEIGHTS
+    if fill_budget:  # no tensor could gain one more bit within the budget
+        assert size > 4.0 * N_WEIGHTS - 36 and max(qpl.current_bits().values()) > 2
+    else:
+        assert set(qpl.current_bits().values()) == {2}
+    with pytest.raises(ValueError, match="fill_budget=1 is not allowed"):
+        PrecisionLearning(0, 1, weight_budget_bits=4.0, fill_budget=1)  # type: ignore[arg-type]
+
+
 def test_policy_yaml_reloads_and_reproduces_the_model(tmp_path: Path) -> None:
     qpl = PrecisionLearning(0, 1, weight_budget_bits=3.5, gamma=0.0, lr=1e-6)
     module = _fit(tmp_path, qpl, 1)

@@ -41,6 +41,23 @@ def test_repair_cuts_the_widest_tensor_first() -> None:
     assert term.repair({"a": 3, "b": 6}) == {"a": 3, "b": 5}
 
 
+def test_fill_spends_the_leftover_budget_where_learning_wanted_more() -> None:
+    term = _term(3.0)  # 3330 bits for 1110 weights
+    low = {"a": 2, "b": 2, "c": 2}  # 2220 bits: 1110 left
+    highest = {"a": 8, "b": 8, "c": 8}
+    # a was rounded down the least (2.45 -> 2), so it gains first; 1000 bits fit once.
+    filled = term.fill(low, highest, {"a": 2.45, "b": 2.1, "c": 2.0})
+    assert filled["a"] == 3 and term.size_of(filled) <= term.budget_bits
+    # then b and c take what is left, one bit at a time, until nothing more fits
+    room = term.budget_bits - term.size_of(filled)
+    assert all(c > room or filled[n] == 8 for n, c in zip("abc", [1000, 100, 10], strict=True))
+    assert filled == term.fill(dict(low), highest, {"a": 2.45, "b": 2.1, "c": 2.0})
+    capped = term.fill(low, {"a": 2, "b": 2, "c": 3}, {"a": 2.45, "b": 2.1, "c": 2.0})
+    assert capped == {"a": 2, "b": 2, "c": 3}  # the highest widths are respected
+    over = {"a": 5, "b": 5, "c": 5}
+    assert term.fill(over, highest, {"a": 5.0, "b": 5.0, "c": 5.0}) == over
+
+
 def test_an_impossible_budget_is_refused() -> None:
     with pytest.raises(ValueError, match=r"weight budget .* is impossible.*at least"):
         SizeTerm("weight", ["a"], [100], [2], 0.0, 150.0)
