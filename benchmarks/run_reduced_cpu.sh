@@ -37,10 +37,12 @@ lane2_pid=$!
 $PY benchmarks/precision_learning.py "${common[@]}" --epochs 4 --qpl-epochs 2 \
   --warmup-epochs 0 --ramp-epochs 1 --lr 0.01 --out "$out/precision_learning.json" \
   --out-dir "$out/precision_learning" > "$out/precision_learning.log" 2>&1
-qss="$out/scheme_search/scheme_policy_w2a2_layer.yaml"
-while [ ! -f "$qss" ] && kill -0 "$lane2_pid" 2>/dev/null; do sleep 30; done
+qss="$out/scheme_search/scheme_policy_w2a2"
+while [ ! -f "${qss}_model.yaml" ] && kill -0 "$lane2_pid" 2>/dev/null; do sleep 30; done
 policies=(--policy-yaml)
-[ -f "$qss" ] && policies+=("qss_w2a2=$qss")
+for mode in layer model; do
+  [ -f "${qss}_$mode.yaml" ] && policies+=("qss_w2a2_$mode=${qss}_$mode.yaml")
+done
 for f in "$out"/precision_learning/precision_policy_w*.yaml; do
   [ -f "$f" ] && policies+=("qpl_$(basename "$f" .yaml | sed 's/precision_policy_//')=$f")
 done

@@ -6,7 +6,9 @@ policy) against each single AutoQNN scheme used everywhere, and the time of a se
 (theta step + weight step) against a plain QAT step (target: at most 2x).
 
 Each single scheme runs at ``min(bits, its largest width)`` (binary 1 bit, ternary 2); the
-first and last layers at 8 bits clamped likewise, as in the search's candidates.
+first and last layers at 8 bits clamped likewise, as in the search's candidates. ``--mode
+layer model`` runs both searches (logits per tensor, one set for the whole model); each
+searched policy is saved as ``scheme_policy_w{b}a{b}_{mode}.yaml`` in ``--out-dir``.
 
     python benchmarks/scheme_search.py            # full: 20 epochs (10 search), all data
     python benchmarks/scheme_search.py --quick    # smoke test: a subset, 1 epoch
