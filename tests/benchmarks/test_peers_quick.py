@@ -129,9 +129,13 @@ def test_quick_run_on_tiny_data(tmp_path: Path) -> None:
     assert lsq["layers"]["layer2.0.conv1"] == {
         "scheme": "lsq", "weight_bits": 2, "input_scheme": "lsq", "input_bits": 2
     }  # fmt: skip
-    assert not lsq["integer_only"] and "export_integer" in lsq["export"]["integer_only_reason"]
+    # LSQ's float steps export with dyadic requantization, checked by top-1 agreement
+    assert lsq["integer_only"] and lsq["export"]["requant"] == "dyadic"
+    assert 0.99 <= lsq["export"]["top1_agreement"] <= 1.0
+    assert (tmp_path / "runs" / "lsq_w2a2.int.safetensors").is_file()
     export = int_se["export"]
     assert int_se["integer_only"] and export["bit_exact"] and export["mismatched_outputs"] == 0
+    assert export["requant"] == "shift" and export["top1_agreement"] == 1.0
     assert export["bytes"] > export["packed_weight_bytes"] > 0
     assert (tmp_path / "runs" / "int_se_w2a2.int.safetensors").stat().st_size == export["bytes"]
     if "brevitas" in row:
