@@ -98,6 +98,7 @@ def bench_budget(args: argparse.Namespace, budget: float) -> dict[str, Any]:
         min_bits=args.min_bits,
         lr=args.bits_lr,
         exclude=["model.conv1", "model.fc"],
+        fill_budget=not args.no_fill,
     )
     acc, module = run(args, [Quantize(policy(args.scheme, args.bits_start, args.act_bits)), qpl])
     n = total_weights(module)
@@ -153,6 +154,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--ramp-epochs", type=int, default=2)
     p.add_argument("--bits-lr", type=float, default=1e-2)
+    p.add_argument("--no-fill", action="store_true", help="keep the learned bits under budget")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05)
     add_model_arguments(p)
